@@ -1,0 +1,46 @@
+//! rfgen-cli: a thin shell over rfgen-core.
+
+mod output;
+mod progress;
+mod sample;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rfgen-cli", version, about = "LLM-prior rectified-flow text-to-image (JanusFlow) on CPU, wgpu and CUDA")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images (or final latents) from prompts.
+    Sample(sample::SampleArgs),
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug; still, report it on one line rather than a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        eprintln!("error: internal failure: {}", msg.lines().next().unwrap_or(""));
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample(args) => sample::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,173 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use clap::Args;
+use rfgen_backends::{BackendKind, BackendTask};
+use rfgen_core::pipeline::{ModelFiles, Pipeline, VaeFiles};
+use rfgen_core::sampler::SampleConfig;
+
+use crate::output::{grid, png_paths, read_noise, write_png, write_safetensors, Named};
+use crate::progress::Progress;
+
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// JanusFlow model directory (config.json, safetensors, optional generation.json, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// diffusers AutoencoderKL directory; without it only the latents are produced (see --dump).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// A prompt; repeat for a batch.
+    #[arg(long = "prompt")]
+    prompts: Vec<String>,
+    /// A full token sequence [BOS, ..., BOG] (bypasses tokenizer and template), e.g. 1,5,9; repeatable.
+    #[arg(long = "token-ids", value_delimiter = ';')]
+    token_ids: Vec<String>,
+    /// Euler steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Classifier-free guidance weight w (v = w v_cond - (w - 1) v_uncond).
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    cfg: f64,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Initial noise: safetensors with `z0` [c,h,w] or [n,c,h,w]; overrides --seed and sets the size.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Image size in pixels (square) when no --noise is given; default from generation.json or 384.
+    #[arg(long)]
+    size: Option<usize>,
+    /// ndarray (CPU), wgpu or cuda.
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
+    /// Write z1, the guided velocity of every step (v_cfg) and the decoded images to a safetensors file.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Output PNG (one per prompt: name-0.png, name-1.png, ... when several).
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+    /// Write all images into one grid PNG instead of one file per prompt.
+    #[arg(long)]
+    grid: bool,
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let backend: BackendKind = args.backend.parse()?;
+    if args.prompts.is_empty() && args.token_ids.is_empty() {
+        bail!("give at least one --prompt or --token-ids");
+    }
+    if !args.prompts.is_empty() && !args.token_ids.is_empty() {
+        bail!("give either --prompt or --token-ids, not both");
+    }
+    SampleConfig { steps: args.steps, cfg: args.cfg }.validate()?;
+    if args.output.is_some() && args.vae.is_none() {
+        bail!("-o needs --vae to decode images (without a VAE use --dump for the latents)");
+    }
+    if args.output.is_none() && args.dump.is_none() {
+        bail!("nothing to write: give -o FILE.png (with --vae) and/or --dump FILE.safetensors");
+    }
+    let token_ids = args.token_ids.iter().map(|s| parse_ids(s)).collect::<Result<Vec<_>>>()?;
+    rfgen_backends::run(backend, SampleTask { args, token_ids })?
+}
+
+fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(|x| x.trim())
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse::<u32>().with_context(|| format!("--token-ids: {x:?} is not a token id")))
+        .collect()
+}
+
+struct SampleTask {
+    args: SampleArgs,
+    token_ids: Vec<Vec<u32>>,
+}
+
+impl BackendTask for SampleTask {
+    type Output = Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> rfgen_core::Result<Result<()>> {
+        Ok(self.sample::<B>(&device))
+    }
+}
+
+impl SampleTask {
+    fn sample<B: Backend>(self, device: &B::Device) -> Result<()> {
+        let a = &self.args;
+        let files = ModelFiles::read_dir(&a.model)?;
+        let vae = a.vae.as_deref().map(VaeFiles::read_dir).transpose()?;
+        let vae_factor = vae.as_ref().map(|v| v.config.upscale()).unwrap_or(8);
+        let pipe = Pipeline::<B>::new(files, vae, device)?;
+        let prompts = if self.token_ids.is_empty() { pipe.tokenize(&a.prompts)? } else { self.token_ids.clone() };
+        let n = prompts.len();
+
+        let z0 = match &a.noise {
+            Some(path) => {
+                let (shape, data) = read_noise(path, n)?;
+                let shape: [usize; 4] = shape.try_into().expect("rank 4");
+                Tensor::<B, 4>::from_data(TensorData::new(data, shape), device)
+            }
+            None => {
+                let hw = match a.size {
+                    Some(px) => {
+                        if px == 0 || px % vae_factor != 0 {
+                            bail!("--size {px} is not a positive multiple of the VAE factor {vae_factor}");
+                        }
+                        [px / vae_factor; 2]
+                    }
+                    None => pipe.default_latent_hw(),
+                };
+                pipe.noise(a.seed, n, hw)
+            }
+        };
+
+        let config = SampleConfig { steps: a.steps, cfg: a.cfg };
+        let progress = Progress::new(a.steps);
+        let mut v_steps: Vec<Vec<f32>> = Vec::new();
+        let keep_v = a.dump.is_some();
+        let out = pipe.generate(&prompts, z0, &config, |e| {
+            if keep_v {
+                v_steps.push(e.v_cfg.to_data().convert::<f32>().to_vec::<f32>().expect("f32"));
+            }
+            progress.step(e.step + 1, e.t);
+        })?;
+
+        let z1_shape = out.z1.dims().to_vec();
+        let z1 = out.z1.to_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        if z1.iter().any(|x| !x.is_finite()) {
+            bail!("the final latent contains NaN or infinite values (check the weights and --cfg)");
+        }
+        let image = out.images.map(|img| (img.dims(), img.to_data().convert::<f32>().to_vec::<f32>().expect("f32")));
+
+        if let Some(path) = &a.dump {
+            let mut tensors = vec![Named { name: "z1".into(), shape: z1_shape.clone(), data: z1 }];
+            let mut v_shape = vec![v_steps.len()];
+            v_shape.extend(&z1_shape);
+            tensors.push(Named { name: "v_cfg".into(), shape: v_shape, data: v_steps.concat() });
+            if let Some((dims, data)) = &image {
+                tensors.push(Named { name: "image".into(), shape: dims.to_vec(), data: data.clone() });
+            }
+            write_safetensors(path, &tensors)?;
+            eprintln!("wrote {}", path.display());
+        }
+        if let (Some(path), Some(([n, _, h, w], data))) = (&a.output, &image) {
+            let plane = 3 * h * w;
+            let rgbs: Vec<Vec<u8>> =
+                (0..*n).map(|i| rfgen_core::image::to_rgb8(&data[i * plane..(i + 1) * plane], *h, *w)).collect();
+            if a.grid && *n > 1 {
+                let cols = (*n as f64).sqrt().ceil() as usize;
+                let (g, gw, gh) = grid(&rgbs, *w, *h, cols);
+                write_png(path, &g, gw, gh)?;
+                eprintln!("wrote {}", path.display());
+            } else {
+                for (p, rgb) in png_paths(path, *n).iter().zip(&rgbs) {
+                    write_png(p, rgb, *w, *h)?;
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! Model directories on disk (native only; the browser hands bytes to [`Weights`] directly).
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::Weights;
+use crate::error::{Error, Result};
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = read(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::config(path.display().to_string(), e))
+}
+
+pub fn read_optional_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if path.exists() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: std::collections::BTreeMap<String, String>,
+}
+
+/// Loads the weights of a model directory: an HF-style `*.safetensors.index.json` with its shards
+/// if there is one, otherwise `model.safetensors`, `diffusion_pytorch_model.safetensors` or
+/// `weights.safetensors` (or the only `*.safetensors` file present).
+pub fn load_weights_dir(dir: &Path) -> Result<Weights> {
+    if !dir.is_dir() {
+        return Err(Error::Io(format!("model directory {} does not exist", dir.display())));
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Io(format!("cannot list {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let name = |p: &PathBuf| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let mut weights = Weights::new();
+    if let Some(index_path) = entries.iter().find(|p| name(p).ends_with(".safetensors.index.json")) {
+        let index: ShardIndex = read_json(index_path)?;
+        let shards: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
+        for shard in shards {
+            let path = dir.join(shard);
+            if !path.exists() {
+                return Err(Error::checkpoint(
+                    index_path.display().to_string(),
+                    format!("shard {shard} listed in the index is missing"),
+                ));
+            }
+            weights.add_safetensors(&path.display().to_string(), read(&path)?)?;
+        }
+        for (tensor, shard) in &index.weight_map {
+            if !weights.contains(tensor) {
+                return Err(Error::checkpoint(
+                    dir.join(shard).display().to_string(),
+                    format!("tensor {tensor} listed in the index is not in its shard"),
+                ));
+            }
+        }
+    } else {
+        const KNOWN: [&str; 3] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "weights.safetensors"];
+        let mut files: Vec<&PathBuf> = entries.iter().filter(|p| name(p).ends_with(".safetensors")).collect();
+        files.sort();
+        let chosen = match KNOWN.iter().find_map(|k| files.iter().find(|p| name(p) == *k)) {
+            Some(p) => *p,
+            None if files.len() == 1 => files[0],
+            None if files.is_empty() => {
+                return Err(Error::Io(format!("no .safetensors weights in {}", dir.display())))
+            }
+            None => {
+                return Err(Error::Io(format!(
+                    "{} holds several .safetensors files and no index; expected one of {KNOWN:?} or a *.safetensors.index.json",
+                    dir.display()
+                )))
+            }
+        };
+        weights.add_safetensors(&chosen.display().to_string(), read(chosen)?)?;
+    }
+    Ok(weights)
+}

@@ -1,0 +1,16 @@
+//! rfgen-core: LLM-prior rectified-flow text-to-image models, generic over burn's `Backend`.
+
+pub mod checkpoint;
+pub mod error;
+pub mod image;
+pub mod janusflow;
+pub mod layers;
+pub mod llama;
+pub mod noise;
+pub mod pipeline;
+pub mod sampler;
+pub mod tokenizer;
+pub mod vae;
+
+pub use burn;
+pub use error::{Error, Result};

@@ -1,0 +1,129 @@
+//! Text-to-image end to end: model directory → prompts → Euler-CFG loop → VAE decode.
+
+use std::path::Path;
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::checkpoint::{load_weights_dir, read_json, read_optional_json, Weights};
+use crate::error::{Error, Result};
+use crate::janusflow::{GenerationConfig, JanusFlow, JanusFlowConfig};
+use crate::sampler::{sample, PromptBatch, SampleConfig, StepEvent, VelocityModel};
+use crate::tokenizer::PromptTokenizer;
+use crate::vae::{AutoencoderKl, VaeConfig};
+
+/// Everything a JanusFlow model directory holds, read into memory (config.json, weights,
+/// optional generation.json and tokenizer.json).
+pub struct ModelFiles {
+    pub config: JanusFlowConfig,
+    pub generation: GenerationConfig,
+    pub weights: Weights,
+    pub tokenizer_json: Option<Vec<u8>>,
+}
+
+impl ModelFiles {
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io(format!("model directory {} does not exist", dir.display())));
+        }
+        let config_path = dir.join("config.json");
+        let config: JanusFlowConfig = read_json(&config_path)?;
+        config.validate(&config_path.display().to_string())?;
+        let generation = read_optional_json(&dir.join("generation.json"))?.unwrap_or_default();
+        let tok = dir.join("tokenizer.json");
+        let tokenizer_json = if tok.exists() {
+            Some(std::fs::read(&tok).map_err(|e| Error::Io(format!("cannot read {}: {e}", tok.display())))?)
+        } else {
+            None
+        };
+        Ok(Self { config, generation, weights: load_weights_dir(dir)?, tokenizer_json })
+    }
+}
+
+/// A diffusers-layout VAE directory (config.json + safetensors).
+pub struct VaeFiles {
+    pub config: VaeConfig,
+    pub weights: Weights,
+}
+
+impl VaeFiles {
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io(format!("VAE directory {} does not exist", dir.display())));
+        }
+        let config_path = dir.join("config.json");
+        let config: VaeConfig = read_json(&config_path)?;
+        config.validate(&config_path.display().to_string())?;
+        Ok(Self { config, weights: load_weights_dir(dir)? })
+    }
+}
+
+/// Output of a generation.
+pub struct Generated<B: Backend> {
+    /// Final latents `[B, c, h, w]`.
+    pub z1: Tensor<B, 4>,
+    /// Decoded images `[B, 3, H, W]` in about [-1, 1] (before clipping), when a VAE is loaded.
+    pub images: Option<Tensor<B, 4>>,
+}
+
+pub struct Pipeline<B: Backend> {
+    pub model: JanusFlow<B>,
+    pub vae: Option<AutoencoderKl<B>>,
+    pub tokenizer: Option<PromptTokenizer>,
+    pub generation: GenerationConfig,
+    pub pad_id: u32,
+    pub device: B::Device,
+}
+
+impl<B: Backend> Pipeline<B> {
+    pub fn new(files: ModelFiles, vae: Option<VaeFiles>, device: &B::Device) -> Result<Self> {
+        let model = JanusFlow::load(&files.weights, &files.config, device)?;
+        let vae = vae.map(|v| AutoencoderKl::load(&v.weights, &v.config, device)).transpose()?;
+        let gen = files.generation;
+        let lc = &files.config.language_config;
+        let tokenizer = files
+            .tokenizer_json
+            .map(|json| PromptTokenizer::from_bytes(&json, gen.bos_token_id.or(lc.bos_token_id), gen.image_gen_token_id))
+            .transpose()?;
+        let pad_id = gen.pad_token_id.or(lc.pad_token_id).ok_or_else(|| {
+            Error::config("generation.json", "no pad_token_id (in generation.json or language_config)")
+        })?;
+        Ok(Self { model, vae, tokenizer, generation: gen, pad_id, device: device.clone() })
+    }
+
+    pub fn tokenize(&self, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::Tokenizer("the model directory has no tokenizer.json; pass token ids instead".into()))?;
+        prompts.iter().map(|p| tok.encode_prompt(p)).collect()
+    }
+
+    /// The latent size `[h, w]` used when no noise is given: generation.json's `latent_shape`,
+    /// else 384x384 pixels through an 8x VAE.
+    pub fn default_latent_hw(&self) -> [usize; 2] {
+        match self.generation.latent_shape.as_deref() {
+            Some([_, h, w]) => [*h, *w],
+            _ => [48, 48],
+        }
+    }
+
+    /// Seeded standard-normal noise `[n, c, h, w]`.
+    pub fn noise(&self, seed: u64, n: usize, hw: [usize; 2]) -> Tensor<B, 4> {
+        let c = self.model.latent_channels();
+        let values = crate::noise::gaussian(seed, n * c * hw[0] * hw[1]);
+        Tensor::from_data(TensorData::new(values, [n, c, hw[0], hw[1]]), &self.device)
+    }
+
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        z0: Tensor<B, 4>,
+        config: &SampleConfig,
+        on_step: impl FnMut(&StepEvent<B>),
+    ) -> Result<Generated<B>> {
+        let batch = PromptBatch::new(prompts, self.pad_id)?;
+        let z1 = sample(&self.model, &batch, z0, config, on_step)?;
+        let images = self.vae.as_ref().map(|vae| vae.decode_flow_latent(z1.clone()));
+        Ok(Generated { z1, images })
+    }
+}

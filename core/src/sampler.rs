@@ -1,0 +1,181 @@
+//! The Euler + classifier-free-guidance loop of JanusFlow, shared by every velocity model.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Most Euler steps accepted (the official default is 30).
+pub const MAX_STEPS: usize = 1000;
+/// Largest latent side accepted (an 8x VAE makes that an 8192-pixel image).
+pub const MAX_LATENT_SIDE: usize = 1024;
+
+/// Token ids of the doubled batch, built the way the official loop and processor build them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptBatch {
+    /// `[2B][L]`: rows `0..B` conditional (`[pad.., BOS, ..., BOG]`, left-padded), rows `B..2B`
+    /// unconditional (`[pad.., BOS, pad..]`, BOS in the same column).
+    pub ids: Vec<Vec<u32>>,
+    /// `[2B][L-1]`: which prefix positions (all columns but the last) may be attended.
+    pub prefix_visible: Vec<Vec<bool>>,
+    /// Number of prompts B.
+    pub batch: usize,
+}
+
+impl PromptBatch {
+    /// `prompts`: each the full tokenized sequence `[BOS, ..., BOG]`.
+    pub fn new(prompts: &[Vec<u32>], pad_id: u32) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(Error::input("no prompt given"));
+        }
+        if let Some(i) = prompts.iter().position(|p| p.len() < 2) {
+            return Err(Error::input(format!(
+                "prompt {i} has {} token(s); a prompt needs at least BOS and the begin-of-generation tag",
+                prompts[i].len()
+            )));
+        }
+        let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let b = prompts.len();
+        let mut ids = Vec::with_capacity(2 * b);
+        let mut visible = Vec::with_capacity(2 * b);
+        for p in prompts {
+            let pad = len - p.len();
+            ids.push(std::iter::repeat(pad_id).take(pad).chain(p.iter().copied()).collect::<Vec<_>>());
+            visible.push((0..len - 1).map(|j| j >= pad).collect::<Vec<_>>());
+        }
+        for p in prompts {
+            let pad = len - p.len();
+            let mut row = vec![pad_id; len];
+            row[pad] = p[0];
+            ids.push(row);
+            visible.push((0..len - 1).map(|j| j == pad).collect());
+        }
+        Ok(Self { ids, prefix_visible: visible, batch: b })
+    }
+
+    /// Prefix length P = L - 1 (the last column's slot is taken by the time token).
+    pub fn prefix_len(&self) -> usize {
+        self.ids[0].len() - 1
+    }
+}
+
+/// A text-conditioned velocity field v(z, t) evaluated on the doubled (cond | uncond) batch.
+pub trait VelocityModel<B: Backend> {
+    /// Whatever the model precomputes once per generation from the prompts.
+    type Cond;
+    fn latent_channels(&self) -> usize;
+    /// The latent side must be divisible by this.
+    fn patch_size(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence the model accepts (prefix + time token + image tokens), if bounded.
+    fn max_sequence(&self) -> Option<usize> {
+        None
+    }
+    fn prepare(&self, batch: &PromptBatch, device: &B::Device) -> Self::Cond;
+    /// `z: [2B, c, h, w]`, `t`: one time per row on the 0..1000 scale.
+    fn velocity(&self, z: Tensor<B, 4>, t: &[f32], cond: &mut Self::Cond) -> Tensor<B, 4>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleConfig {
+    pub steps: usize,
+    pub cfg: f64,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self { steps: 30, cfg: 2.0 }
+    }
+}
+
+impl SampleConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(Error::input(format!("steps must be between 1 and {MAX_STEPS}, got {}", self.steps)));
+        }
+        if !self.cfg.is_finite() || self.cfg < 0.0 || self.cfg > 100.0 {
+            return Err(Error::input(format!("cfg must be a finite number in [0, 100], got {}", self.cfg)));
+        }
+        Ok(())
+    }
+}
+
+/// What the loop reports after each Euler step.
+pub struct StepEvent<'a, B: Backend> {
+    pub step: usize,
+    pub steps: usize,
+    /// t of this step on the 0..1000 scale.
+    pub t: f32,
+    pub v_cond: &'a Tensor<B, 4>,
+    pub v_uncond: &'a Tensor<B, 4>,
+    pub v_cfg: &'a Tensor<B, 4>,
+    /// The latent after this step.
+    pub z: &'a Tensor<B, 4>,
+}
+
+/// Checks that `z0: [B, c, h, w]` fits the model and the prompts.
+pub fn check_inputs<B: Backend, M: VelocityModel<B>>(model: &M, batch: &PromptBatch, dims: [usize; 4]) -> Result<()> {
+    let [n, c, h, w] = dims;
+    let p = model.patch_size();
+    if n != batch.batch {
+        return Err(Error::input(format!("{} noise latent(s) for {} prompt(s)", n, batch.batch)));
+    }
+    if c != model.latent_channels() {
+        return Err(Error::input(format!("noise latent has {c} channels, the model expects {}", model.latent_channels())));
+    }
+    if h == 0 || w == 0 || h % p != 0 || w % p != 0 {
+        return Err(Error::input(format!("latent size {h}x{w} is not a positive multiple of the patch size {p}")));
+    }
+    if h > MAX_LATENT_SIDE || w > MAX_LATENT_SIDE {
+        return Err(Error::input(format!("latent size {h}x{w} exceeds {MAX_LATENT_SIDE} per side")));
+    }
+    let vocab = model.vocab_size();
+    for row in &batch.ids {
+        if let Some(bad) = row.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+        }
+    }
+    let seq = batch.prefix_len() + 1 + (h / p) * (w / p);
+    if let Some(max) = model.max_sequence() {
+        if seq > max {
+            return Err(Error::input(format!(
+                "prompt ({} tokens) plus {} image tokens exceeds the model's {max} positions",
+                batch.prefix_len() + 1,
+                (h / p) * (w / p)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the Euler-CFG loop from `z0` and returns the final latent `z1: [B, c, h, w]`.
+///
+/// Each step: `t = step / N * 1000` for all 2B rows, `v = w v_cond - (w - 1) v_uncond`,
+/// `z += v / N`.
+pub fn sample<B: Backend, M: VelocityModel<B>>(
+    model: &M,
+    batch: &PromptBatch,
+    z0: Tensor<B, 4>,
+    config: &SampleConfig,
+    mut on_step: impl FnMut(&StepEvent<B>),
+) -> Result<Tensor<B, 4>> {
+    config.validate()?;
+    check_inputs(model, batch, z0.dims())?;
+    let device = z0.device();
+    let [b, c, h, w] = z0.dims();
+    let mut cond = model.prepare(batch, &device);
+    let n = config.steps;
+    let dt = 1.0f32 / n as f32;
+    let w_cfg = config.cfg as f32;
+    let mut z = z0;
+    for step in 0..n {
+        let t = (step as f64 / n as f64 * 1000.0) as f32;
+        let ts = vec![t; 2 * b];
+        let v = model.velocity(Tensor::cat(vec![z.clone(), z.clone()], 0), &ts, &mut cond);
+        let v_cond = v.clone().slice([0..b, 0..c, 0..h, 0..w]);
+        let v_uncond = v.slice([b..2 * b, 0..c, 0..h, 0..w]);
+        let v_cfg = v_cond.clone().mul_scalar(w_cfg) - v_uncond.clone().mul_scalar(w_cfg - 1.0);
+        z = z + v_cfg.clone().mul_scalar(dt);
+        on_step(&StepEvent { step, steps: n, t, v_cond: &v_cond, v_uncond: &v_uncond, v_cfg: &v_cfg, z: &z });
+    }
+    Ok(z)
+}

@@ -1,0 +1,59 @@
+//! Prompts to token ids: JanusFlow's chat template through a `tokenizers` tokenizer.json.
+
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+
+/// The begin-of-generation tag JanusFlow appends after the templated prompt.
+pub const IMAGE_GEN_TAG: &str = "<｜begin▁of▁generation｜>";
+/// Longest prompt accepted, in tokens.
+pub const MAX_PROMPT_TOKENS: usize = 1024;
+
+/// JanusFlow's "deepseek" SFT template with an empty system prompt, followed by the tag.
+pub fn janusflow_template(prompt: &str) -> String {
+    format!("User: {prompt}\n\nAssistant:{IMAGE_GEN_TAG}")
+}
+
+pub struct PromptTokenizer {
+    tokenizer: Tokenizer,
+    bos_id: u32,
+    image_gen_id: u32,
+}
+
+impl PromptTokenizer {
+    /// `bos_id`/`image_gen_id` default to the ids of the tokenizer's BOS and `IMAGE_GEN_TAG` tokens.
+    pub fn from_bytes(json: &[u8], bos_id: Option<u32>, image_gen_id: Option<u32>) -> Result<Self> {
+        let tokenizer = Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(format!("cannot parse tokenizer.json: {e}")))?;
+        let image_gen_id = match image_gen_id.or_else(|| tokenizer.token_to_id(IMAGE_GEN_TAG)) {
+            Some(id) => id,
+            None => return Err(Error::Tokenizer(format!("the vocabulary has no {IMAGE_GEN_TAG} token"))),
+        };
+        let bos_id = match bos_id.or_else(|| tokenizer.token_to_id("<｜begin▁of▁sentence｜>")) {
+            Some(id) => id,
+            None => return Err(Error::Tokenizer("no BOS token id (give bos_token_id in generation.json)".into())),
+        };
+        Ok(Self { tokenizer, bos_id, image_gen_id })
+    }
+
+    /// `[BOS, templated prompt..., BOG]`.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        if prompt.trim().is_empty() {
+            return Err(Error::input("the prompt is empty"));
+        }
+        let enc = self
+            .tokenizer
+            .encode(janusflow_template(prompt), true)
+            .map_err(|e| Error::Tokenizer(format!("cannot encode the prompt: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        if ids.first() != Some(&self.bos_id) {
+            ids.insert(0, self.bos_id);
+        }
+        if ids.last() != Some(&self.image_gen_id) {
+            return Err(Error::Tokenizer(format!("the tokenizer did not keep {IMAGE_GEN_TAG} as one token")));
+        }
+        if ids.len() > MAX_PROMPT_TOKENS {
+            return Err(Error::input(format!("the prompt is {} tokens long; at most {MAX_PROMPT_TOKENS} are accepted", ids.len())));
+        }
+        Ok(ids)
+    }
+}

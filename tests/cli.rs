@@ -1,0 +1,241 @@
+//! `rfgen-cli sample` end to end on every JanusFlow fixture, and its errors on bad inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rfgen_tests::*;
+use safetensors::{Dtype, SafeTensors};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rfgen-cli");
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rfgen-cli-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes f32 tensors `(name, shape, data)` to a safetensors file.
+fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn read_all_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut v: Vec<_> = read_io(path).into_iter().map(|(n, a)| (n, a.shape, a.f32)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+struct Fixture {
+    dir: PathBuf,
+    token_rows: Vec<String>,
+    steps: usize,
+    cfg: f64,
+    io: std::collections::BTreeMap<String, Array>,
+}
+
+fn janusflow_fixtures() -> Vec<Fixture> {
+    fixture_dirs_checked(FixtureKind::JanusFlow)
+        .into_iter()
+        .map(|dir| {
+            let gen: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("generation.json")).unwrap()).unwrap();
+            let io = read_io(&dir.join("io.safetensors"));
+            let ids = &io["input_ids"];
+            let len = ids.shape[1];
+            let b = ids.shape[0] / 2;
+            let lengths = &io["prompt_lengths"].i64;
+            let token_rows = (0..b)
+                .map(|i| {
+                    ids.i64[i * len + len - lengths[i] as usize..(i + 1) * len]
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            Fixture {
+                dir,
+                token_rows,
+                steps: gen["num_inference_steps"].as_u64().unwrap() as usize,
+                cfg: gen["cfg_weight"].as_f64().unwrap(),
+                io,
+            }
+        })
+        .collect()
+}
+
+fn sample_cmd(f: &Fixture, model: &Path, noise: &Path, backend: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("sample").arg("--model").arg(model);
+    for row in &f.token_rows {
+        cmd.arg("--token-ids").arg(row);
+    }
+    cmd.args(["--steps", &f.steps.to_string(), "--cfg", &f.cfg.to_string(), "--backend", backend]);
+    cmd.arg("--noise").arg(noise);
+    cmd
+}
+
+fn write_noise(f: &Fixture, dir: &Path) -> PathBuf {
+    let z0 = &f.io["z0"];
+    let path = dir.join("z0.safetensors");
+    write_f32(&path, &[("z0".into(), z0.shape.clone(), z0.f32.clone())]);
+    path
+}
+
+fn end_to_end(backend: &str) {
+    let vaes = fixture_dirs(FixtureKind::Vae);
+    for (k, f) in janusflow_fixtures().iter().enumerate() {
+        let tmp = tempdir(&format!("e2e-{backend}-{k}"));
+        let noise = write_noise(f, &tmp);
+        let dump = tmp.join("out.safetensors");
+        let out = sample_cmd(f, &f.dir, &noise, backend).arg("--dump").arg(&dump).output().unwrap();
+        assert!(out.status.success(), "{}: {}", f.dir.display(), String::from_utf8_lossy(&out.stderr));
+        let got = read_io(&dump);
+        let mut r = Report::default();
+        r.compare("z1", &got["z1"].f32, &f.io["z1"].f32, 1e-4, None);
+        r.compare("v_cfg", &got["v_cfg"].f32, &f.io["v_cfg"].f32, 1e-4, None);
+        r.check("v_cfg shape", got["v_cfg"].shape == f.io["v_cfg"].shape, format!("{:?}", got["v_cfg"].shape));
+
+        // With a VAE: the decoded image of the VAE fixture whose input is this z1.
+        for vae in &vaes {
+            let vio = read_io(&vae.join("io.safetensors"));
+            let paired = vio["z1"].f32.len() == f.io["z1"].f32.len()
+                && vio["z1"].f32.iter().zip(&f.io["z1"].f32).all(|(a, b)| (a - b).abs() < 1e-6);
+            if !paired {
+                continue;
+            }
+            let dump2 = tmp.join("out-vae.safetensors");
+            let png = tmp.join("img.png");
+            let out = sample_cmd(f, &f.dir, &noise, backend)
+                .arg("--vae")
+                .arg(vae)
+                .arg("--dump")
+                .arg(&dump2)
+                .arg("-o")
+                .arg(&png)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let got = read_io(&dump2);
+            r.compare("image (vae)", &got["image"].f32, &vio["image"].f32, 1e-4, None);
+            let n = vio["image"].shape[0];
+            for p in (0..n).map(|i| if n == 1 { png.clone() } else { tmp.join(format!("img-{i}.png")) }) {
+                r.check("png written", p.exists(), format!("{} missing", p.display()));
+            }
+        }
+        r.finish(&format!("cli {} on {backend}", f.dir.display()));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
+
+#[test]
+fn sample_matches_reference_ndarray() {
+    end_to_end("ndarray");
+}
+
+#[test]
+fn sample_matches_reference_wgpu() {
+    end_to_end("wgpu");
+}
+
+/// Runs the CLI expecting failure: non-zero exit, no panic, one line on stderr containing `needle`.
+fn expect_error(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!out.status.success(), "expected failure mentioning {needle:?}, got success: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("internal failure"), "panic: {stderr}");
+    assert_eq!(lines.len(), 1, "expected a one-line error, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error should mention {needle:?}: {stderr}"
+    );
+}
+
+/// A copy of the fixture model whose weights are changed by `edit`.
+fn broken_model(f: &Fixture, tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> PathBuf {
+    let dir = tempdir(tag);
+    for name in ["config.json", "generation.json"] {
+        std::fs::copy(f.dir.join(name), dir.join(name)).unwrap();
+    }
+    let mut tensors = read_all_f32(&f.dir.join("weights.safetensors"));
+    edit(&mut tensors);
+    write_f32(&dir.join("weights.safetensors"), &tensors);
+    dir
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors() {
+    let fixtures = janusflow_fixtures();
+    let f = &fixtures[0];
+    let tmp = tempdir("bad");
+    let noise = write_noise(f, &tmp);
+    let dump = tmp.join("d.safetensors");
+    let base = |model: &Path| {
+        let mut c = sample_cmd(f, model, &noise, "ndarray");
+        c.arg("--dump").arg(&dump);
+        c
+    };
+
+    expect_error(&mut base(&tmp.join("no-such-model")), "does not exist");
+
+    let truncated = tempdir("truncated");
+    for name in ["config.json", "generation.json"] {
+        std::fs::copy(f.dir.join(name), truncated.join(name)).unwrap();
+    }
+    let bytes = std::fs::read(f.dir.join("weights.safetensors")).unwrap();
+    std::fs::write(truncated.join("weights.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    expect_error(&mut base(&truncated), "truncated");
+
+    let victim = "vision_gen_enc_aligner.weight";
+    let missing = broken_model(f, "missing", |t| t.retain(|(n, _, _)| n != victim));
+    expect_error(&mut base(&missing), victim);
+
+    let misshapen = broken_model(f, "misshapen", |t| {
+        let e = t.iter_mut().find(|(n, _, _)| n == victim).unwrap();
+        let s = e.1.clone();
+        e.1 = vec![s[1], s[0]];
+    });
+    expect_error(&mut base(&misshapen), "wrong shape");
+
+    let nan_name = "language_model.model.norm.weight";
+    let nan = broken_model(f, "nan", |t| {
+        t.iter_mut().find(|(n, _, _)| n == nan_name).unwrap().2[0] = f32::NAN;
+    });
+    expect_error(&mut base(&nan), nan_name);
+
+    let extra = broken_model(f, "extra", |t| t.push(("vision_gen_enc_model.bogus".into(), vec![2], vec![0.0, 1.0])));
+    expect_error(&mut base(&extra), "vision_gen_enc_model.bogus");
+
+    expect_error(base(&f.dir).args(["--steps", "0"]), "steps");
+    expect_error(base(&f.dir).args(["--cfg", "NaN"]), "cfg");
+    expect_error(base(&f.dir).args(["--backend", "tpu"]), "unknown backend");
+    expect_error(base(&f.dir).args(["--backend", "cuda"]), "cuda");
+
+    let odd = tmp.join("odd.safetensors");
+    let z0 = &f.io["z0"];
+    let (c, h) = (z0.shape[1], z0.shape[2] + 1);
+    write_f32(&odd, &[("z0".into(), vec![c, h, h], vec![0.0; c * h * h])]);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", &f.token_rows[0]]);
+    cmd.arg("--noise").arg(&odd).arg("--dump").arg(&dump);
+    expect_error(&mut cmd, "patch size");
+
+    let mut empty = Command::new(BIN);
+    empty.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", ""]).arg("--dump").arg(&dump);
+    expect_error(&mut empty, "token");
+
+    for d in [tmp, truncated, missing, misshapen, nan, extra] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
