@@ -39,6 +39,8 @@ case "${1:-run}" in
     log "fixtures: $RFGEN_FIXTURES"
     # Unit tests, data-driven parity (ndarray + wgpu), CLI end to end and bad inputs.
     cargo test --workspace --no-fail-fast -- --test-threads=2
+    # The cuda backend must keep compiling offline (no GPU needed to check it).
+    cargo check -p rfgen-cli --features cuda
     ;;
   run)
     setup

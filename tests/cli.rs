@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rfgen_tests::*;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rfgen-cli");
 
@@ -217,10 +217,17 @@ fn bad_inputs_give_one_line_errors() {
     let extra = broken_model(f, "extra", |t| t.push(("vision_gen_enc_model.bogus".into(), vec![2], vec![0.0, 1.0])));
     expect_error(&mut base(&extra), "vision_gen_enc_model.bogus");
 
-    expect_error(base(&f.dir).args(["--steps", "0"]), "steps");
-    expect_error(base(&f.dir).args(["--cfg", "NaN"]), "cfg");
-    expect_error(base(&f.dir).args(["--backend", "tpu"]), "unknown backend");
-    expect_error(base(&f.dir).args(["--backend", "cuda"]), "cuda");
+    // Commands without the fixture's --steps/--cfg/--backend, to set each one wrong.
+    let plain = || {
+        let mut c = Command::new(BIN);
+        c.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", &f.token_rows[0]]);
+        c.arg("--noise").arg(&noise).arg("--dump").arg(&dump);
+        c
+    };
+    expect_error(plain().args(["--steps", "0"]), "steps");
+    expect_error(plain().args(["--cfg", "NaN"]), "cfg");
+    expect_error(plain().args(["--backend", "tpu"]), "unknown backend");
+    expect_error(plain().args(["--backend", "cuda"]), "cuda");
 
     let odd = tmp.join("odd.safetensors");
     let z0 = &f.io["z0"];
@@ -230,6 +237,7 @@ fn bad_inputs_give_one_line_errors() {
     cmd.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", &f.token_rows[0]]);
     cmd.arg("--noise").arg(&odd).arg("--dump").arg(&dump);
     expect_error(&mut cmd, "patch size");
+    assert!(!dump.exists(), "a failed run left {} behind", dump.display());
 
     let mut empty = Command::new(BIN);
     empty.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", ""]).arg("--dump").arg(&dump);
@@ -237,5 +245,46 @@ fn bad_inputs_give_one_line_errors() {
 
     for d in [tmp, truncated, missing, misshapen, nan, extra] {
         let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn prompt_through_tokenizer_equals_token_ids() {
+    for (k, f) in janusflow_fixtures().iter().enumerate() {
+        let gen: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f.dir.join("generation.json")).unwrap()).unwrap();
+        let (bos, bog) = (gen["bos_token_id"].as_u64().unwrap() as u32, gen["image_gen_token_id"].as_u64().unwrap() as u32);
+        let pad = gen["pad_token_id"].as_u64().unwrap() as u32;
+        // Word ids that are not special tokens.
+        let free: Vec<u32> = (5..).filter(|i| ![bos, bog, pad].contains(i)).take(5).collect();
+        let words = [("User", free[0]), (":", free[1]), ("Assistant", free[2]), ("red", free[3]), ("apple", free[4])];
+        let tmp = tempdir(&format!("prompt-{k}"));
+        for name in ["config.json", "generation.json", "weights.safetensors"] {
+            std::fs::copy(f.dir.join(name), tmp.join(name)).unwrap();
+        }
+        std::fs::write(tmp.join("tokenizer.json"), tiny_tokenizer_json(bos, bog, &words, true)).unwrap();
+        let z0 = &f.io["z0"];
+        let noise = tmp.join("z0.safetensors");
+        write_f32(&noise, &[("z0".into(), z0.shape[1..].to_vec(), z0.index(0))]);
+        let ids = [bos, free[0], free[1], free[3], free[4], free[2], free[1], bog];
+        let ids = ids.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let mut dumps = Vec::new();
+        for (tag, arg, value) in [("p", "--prompt", "red apple"), ("t", "--token-ids", ids.as_str())] {
+            let dump = tmp.join(format!("{tag}.safetensors"));
+            let out = Command::new(BIN)
+                .arg("sample")
+                .arg("--model")
+                .arg(&tmp)
+                .args([arg, value, "--steps", "2", "--noise"])
+                .arg(&noise)
+                .arg("--dump")
+                .arg(&dump)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            dumps.push(read_io(&dump)["z1"].f32.clone());
+        }
+        assert_eq!(dumps[0], dumps[1], "--prompt and the equivalent --token-ids differ");
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }

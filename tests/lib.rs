@@ -163,3 +163,40 @@ impl Report {
         assert!(self.failures.is_empty(), "{what}: {} failure(s):\n{}", self.failures.len(), self.failures.join("\n"));
     }
 }
+
+/// A small word-level tokenizer.json in the shape of JanusFlow's: BOS and the begin-of-generation
+/// tag as special tokens, BOS added by the post-processor when `add_bos` is true.
+pub fn tiny_tokenizer_json(bos: u32, bog: u32, words: &[(&str, u32)], add_bos: bool) -> String {
+    let bos_tok = "<｜begin▁of▁sentence｜>";
+    let bog_tok = rfgen_core::tokenizer::IMAGE_GEN_TAG;
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<unk>".into(), 0.into());
+    vocab.insert(bos_tok.into(), bos.into());
+    vocab.insert(bog_tok.into(), bog.into());
+    for (w, id) in words {
+        vocab.insert((*w).into(), (*id).into());
+    }
+    let post = if add_bos {
+        serde_json::json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos_tok: {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}})
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(bos, bos_tok), special(bog, bog_tok)],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": post,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    })
+    .to_string()
+}

@@ -112,10 +112,10 @@ fn probe<B: Backend>(device: &B::Device, msg: &str) -> Result<()> {
     let device = device.clone();
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(move || {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let t = burn::tensor::Tensor::<B, 1>::from_floats([1.0, 2.0], &device);
         t.sum().into_scalar().elem::<f32>()
-    });
+    }));
     std::panic::set_hook(quiet);
     match outcome {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
