@@ -1,6 +1,7 @@
 //! rfgen-core: LLM-prior rectified-flow text-to-image models, generic over burn's `Backend`.
 
 pub mod checkpoint;
+pub mod dit;
 pub mod error;
 pub mod image;
 pub mod janusflow;

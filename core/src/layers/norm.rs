@@ -52,3 +52,11 @@ impl<B: Backend> GroupNorm<B> {
         normed * weight + bias
     }
 }
+
+/// LayerNorm over the last dimension without affine parameters (the adaLN blocks' norm).
+pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let mean = x.clone().mean_dim(D - 1);
+    let centered = x - mean;
+    let var = centered.clone().powi_scalar(2).mean_dim(D - 1);
+    centered.div(var.add_scalar(eps).sqrt())
+}

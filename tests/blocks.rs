@@ -1,0 +1,170 @@
+//! Data-driven parity of the DiT blocks against diffusers: every `JointTransformerBlock` and
+//! `FluxSingleTransformerBlock` fixture folder, on ndarray and wgpu.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use rfgen_backends::{run, BackendKind, BackendTask};
+use rfgen_core::checkpoint::{load_weights_dir, read_json, VarBuilder};
+use rfgen_core::dit::{FluxRope, JointTransformerBlock, SingleTransformerBlock};
+use rfgen_tests::*;
+
+const TOL: f32 = 1e-4;
+
+struct MmditParity(PathBuf);
+struct SingleParity(PathBuf);
+
+impl BackendTask for MmditParity {
+    type Output = Report;
+    fn run<B: Backend>(self, device: B::Device) -> rfgen_core::Result<Report> {
+        Ok(mmdit::<B>(&self.0, &device))
+    }
+}
+impl BackendTask for SingleParity {
+    type Output = Report;
+    fn run<B: Backend>(self, device: B::Device) -> rfgen_core::Result<Report> {
+        Ok(single::<B>(&self.0, &device))
+    }
+}
+
+fn usize_of(v: &serde_json::Value, key: &str) -> usize {
+    v[key].as_u64().unwrap_or_else(|| panic!("config: {key}")) as usize
+}
+
+fn mmdit<B: Backend>(dir: &Path, device: &B::Device) -> Report {
+    let mut r = Report::default();
+    let config: serde_json::Value = read_json(&dir.join("config.json")).unwrap();
+    let weights = load_weights_dir(dir).unwrap();
+    let io = read_io(&dir.join("io.safetensors"));
+    let vb = VarBuilder::<B>::new(&weights, device);
+    let blocks: Vec<(JointTransformerBlock<B>, bool)> = config["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let dim = usize_of(c, "dim");
+            let pre_only = c["context_pre_only"].as_bool().unwrap_or(false);
+            assert_eq!(c["qk_norm"].as_str(), Some("rms_norm"));
+            let block = JointTransformerBlock::load(
+                &vb.pp("transformer_blocks").pp(i),
+                dim,
+                usize_of(c, "num_attention_heads"),
+                usize_of(c, "attention_head_dim"),
+                dim,
+                pre_only,
+            );
+            (block, pre_only)
+        })
+        .collect();
+    vb.finish(&[]).expect("weights match");
+    let x = io["hidden_states"].to_tensor::<B, 3>(device);
+    let c = io["encoder_hidden_states"].to_tensor::<B, 3>(device);
+    let temb = io["temb"].to_tensor::<B, 2>(device);
+    for (i, (block, pre_only)) in blocks.iter().enumerate() {
+        let (hx, hc) = block.forward(x.clone(), c.clone(), temb.clone(), None);
+        r.compare(&format!("block{i}_hidden_out"), &to_vec(&hx), &io[&format!("block{i}_hidden_out")].f32, TOL, None);
+        r.check(&format!("block{i} context output"), hc.is_some() != *pre_only, "context output presence".into());
+        if let (Some(hc), Some(want)) = (hc, io.get(&format!("block{i}_encoder_out"))) {
+            r.compare(&format!("block{i}_encoder_out"), &to_vec(&hc), &want.f32, TOL, None);
+        }
+    }
+    if let Some(want) = io.get("chained_hidden_out") {
+        let (mut hx, mut hc) = (x, Some(c));
+        for (block, _) in &blocks {
+            let (nx, nc) = block.forward(hx, hc.expect("context for the next block"), temb.clone(), None);
+            hx = nx;
+            hc = nc;
+        }
+        r.compare("chained_hidden_out", &to_vec(&hx), &want.f32, TOL, None);
+    }
+    r
+}
+
+fn single<B: Backend>(dir: &Path, device: &B::Device) -> Report {
+    let mut r = Report::default();
+    let c: serde_json::Value = read_json(&dir.join("config.json")).unwrap();
+    let weights = load_weights_dir(dir).unwrap();
+    let io = read_io(&dir.join("io.safetensors"));
+    let (dim, heads, hd) = (usize_of(&c, "dim"), usize_of(&c, "num_attention_heads"), usize_of(&c, "attention_head_dim"));
+    let mlp = (dim as f64 * c["mlp_ratio"].as_f64().unwrap()) as usize;
+    let vb = VarBuilder::<B>::new(&weights, device);
+    let block = SingleTransformerBlock::load(&vb.pp("single_transformer_blocks").pp(0), dim, heads, hd, mlp, dim);
+    vb.finish(&[]).expect("weights match");
+
+    let temb = io["temb"].to_tensor::<B, 2>(device);
+    let x = io["concat_input"].to_tensor::<B, 3>(device);
+    let text = io["encoder_hidden_states"].shape[1];
+    let [b, s, w] = x.dims();
+    let split = |t: burn::tensor::Tensor<B, 3>| (t.clone().slice([0..b, 0..text, 0..w]), t.slice([0..b, text..s, 0..w]));
+
+    let out = block.forward(x.clone(), temb.clone(), None, None);
+    r.compare("out_norope_concat", &to_vec(&out), &io["out_norope_concat"].f32, TOL, None);
+    let (oe, oh) = split(out);
+    r.compare("out_norope_encoder", &to_vec(&oe), &io["out_norope_encoder"].f32, TOL, None);
+    r.compare("out_norope_hidden", &to_vec(&oh), &io["out_norope_hidden"].f32, TOL, None);
+
+    let rope_cfg = &c["rope"];
+    let rope = FluxRope {
+        theta: rope_cfg["theta"].as_f64().unwrap(),
+        axes_dim: rope_cfg["axes_dim"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect(),
+    };
+    let ids: Vec<Vec<f64>> = ["txt_ids", "img_ids"]
+        .iter()
+        .flat_map(|name| {
+            let a = &io[*name];
+            a.f32.chunks(a.shape[1]).map(|row| row.iter().map(|&v| v as f64).collect::<Vec<_>>()).collect::<Vec<_>>()
+        })
+        .collect();
+    let (cos, sin) = rope.tables(&ids);
+    r.compare("rope_cos", &cos, &io["rope_cos"].f32, 1e-6, None);
+    r.compare("rope_sin", &sin, &io["rope_sin"].f32, 1e-6, None);
+    let (cos, sin) = rope.tensors::<B>(&ids, device);
+    let out = block.forward(x, temb, Some((&cos, &sin)), None);
+    r.compare("out_rope_concat", &to_vec(&out), &io["out_rope_concat"].f32, TOL, None);
+    let (oe, oh) = split(out);
+    r.compare("out_rope_encoder", &to_vec(&oe), &io["out_rope_encoder"].f32, TOL, None);
+    r.compare("out_rope_hidden", &to_vec(&oh), &io["out_rope_hidden"].f32, TOL, None);
+    r
+}
+
+fn run_kind(kind: FixtureKind, backend: BackendKind) {
+    let mut failures = Vec::new();
+    for dir in fixture_dirs_checked(kind) {
+        let name = format!("{} on {backend}", dir.display());
+        let result = match kind {
+            FixtureKind::MmditBlock => run(backend, MmditParity(dir.clone())),
+            FixtureKind::SingleStreamBlock => run(backend, SingleParity(dir.clone())),
+            _ => unreachable!(),
+        };
+        match result {
+            Ok(report) => {
+                for l in &report.lines {
+                    eprintln!("[{name}] {l}");
+                }
+                if !report.failures.is_empty() {
+                    failures.push(format!("{name}:\n  {}", report.failures.join("\n  ")));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn mmdit_ndarray() {
+    run_kind(FixtureKind::MmditBlock, BackendKind::Ndarray);
+}
+#[test]
+fn mmdit_wgpu() {
+    run_kind(FixtureKind::MmditBlock, BackendKind::Wgpu);
+}
+#[test]
+fn single_stream_ndarray() {
+    run_kind(FixtureKind::SingleStreamBlock, BackendKind::Ndarray);
+}
+#[test]
+fn single_stream_wgpu() {
+    run_kind(FixtureKind::SingleStreamBlock, BackendKind::Wgpu);
+}
