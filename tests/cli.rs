@@ -288,3 +288,57 @@ fn prompt_through_tokenizer_equals_token_ids() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }
+
+#[test]
+fn models_lists_presets_with_parameter_counts() {
+    let out = Command::new(BIN).arg("models").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for arm in ["baseline", "encoder", "decoder", "both"] {
+        for size in ["tiny", "1.3b"] {
+            let name = format!("{arm}-{size}");
+            let line = text.lines().find(|l| l.split_whitespace().next() == Some(&name)).unwrap_or_else(|| panic!("{name} not listed:\n{text}"));
+            for field in ["llm=", "encoder=", "decoder=", "total="] {
+                assert!(line.contains(field), "{line}");
+            }
+            if size == "1.3b" {
+                // DeepSeek-LLM 1.3B: 1.23B non-embedding + 0.21B embedding table.
+                let llm: f64 = line.split("llm=").nth(1).unwrap().split('M').next().unwrap().parse().unwrap();
+                assert!((1300.0..1450.0).contains(&llm), "{line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn presets_sample_with_random_weights_and_round_trip_through_init() {
+    let tmp = tempdir("presets");
+    let noise = tmp.join("z0.safetensors");
+    write_f32(&noise, &[("z0".into(), vec![4, 8, 8], rfgen_core::noise::gaussian(1, 256))]);
+    for arm in ["baseline", "encoder", "decoder", "both"] {
+        let name = format!("{arm}-tiny");
+        let run = |source: &[&str], dump: &Path| {
+            let out = Command::new(BIN)
+                .arg("sample")
+                .args(source)
+                .args(["--prompt", "a red apple", "--steps", "2", "--seed", "5", "--noise"])
+                .arg(&noise)
+                .arg("--dump")
+                .arg(dump)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            read_io(dump)["z1"].f32.clone()
+        };
+        let random = run(&["--preset", &name, "--init", "random"], &tmp.join("a.safetensors"));
+        let dir = tmp.join(&name);
+        let out = Command::new(BIN).args(["init", "--preset", &name, "--seed", "5", "--out"]).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        expect_error(Command::new(BIN).args(["init", "--preset", &name, "--out"]).arg(&dir), "already exists");
+        let loaded = run(&["--model", dir.to_str().unwrap()], &tmp.join("b.safetensors"));
+        assert_eq!(random, loaded, "{name}: the saved model samples differently");
+    }
+    expect_error(Command::new(BIN).args(["sample", "--preset", "nope-tiny", "--init", "random", "--prompt", "x", "--dump"]).arg(tmp.join("c")), "unknown preset");
+    expect_error(Command::new(BIN).args(["sample", "--preset", "both-tiny", "--prompt", "x", "--dump"]).arg(tmp.join("c")), "--init random");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -1,5 +1,7 @@
 //! rfgen-cli: a thin shell over rfgen-core.
 
+mod init;
+mod models;
 mod output;
 mod progress;
 mod sample;
@@ -19,6 +21,10 @@ struct Cli {
 enum Command {
     /// Generate images (or final latents) from prompts.
     Sample(sample::SampleArgs),
+    /// List the presets with their parameter counts per component.
+    Models,
+    /// Write a randomly initialised preset as a model directory.
+    Init(init::InitArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +41,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample::run(args),
+        Command::Models => models::run(),
+        Command::Init(args) => init::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

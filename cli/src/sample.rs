@@ -6,15 +6,22 @@ use clap::Args;
 use rfgen_backends::{BackendKind, BackendTask};
 use rfgen_core::pipeline::{ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::sampler::SampleConfig;
+use rfgen_core::structured::preset;
 
 use crate::output::{grid, png_paths, read_noise, write_png, write_safetensors, Named};
 use crate::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// JanusFlow model directory (config.json, safetensors, optional generation.json, tokenizer.json).
+    /// Model directory (config.json, safetensors, optional generation.json, tokenizer.json).
+    #[arg(long, conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// A preset (see `rfgen-cli models`), with --init random.
     #[arg(long)]
-    model: PathBuf,
+    preset: Option<String>,
+    /// How to initialise a preset's weights: random (seeded by --seed).
+    #[arg(long, requires = "preset")]
+    init: Option<String>,
     /// diffusers AutoencoderKL directory; without it only the latents are produced (see --dump).
     #[arg(long)]
     vae: Option<PathBuf>,
@@ -68,6 +75,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.output.is_none() && args.dump.is_none() {
         bail!("nothing to write: give -o FILE.png (with --vae) and/or --dump FILE.safetensors");
     }
+    match (&args.model, &args.preset, args.init.as_deref()) {
+        (Some(_), None, _) => {}
+        (None, Some(_), Some("random")) => {}
+        (None, Some(_), Some(other)) => bail!("--init {other:?} is not supported (only random)"),
+        (None, Some(_), None) => bail!("--preset needs --init random (no trained weights ship for presets yet)"),
+        _ => bail!("give --model DIR or --preset NAME --init random"),
+    }
     let token_ids = args.token_ids.iter().map(|s| parse_ids(s)).collect::<Result<Vec<_>>>()?;
     rfgen_backends::run(backend, SampleTask { args, token_ids })?
 }
@@ -96,10 +110,16 @@ impl BackendTask for SampleTask {
 impl SampleTask {
     fn sample<B: Backend>(self, device: &B::Device) -> Result<()> {
         let a = &self.args;
-        let files = ModelFiles::read_dir(&a.model)?;
         let vae = a.vae.as_deref().map(VaeFiles::read_dir).transpose()?;
         let vae_factor = vae.as_ref().map(|v| v.config.upscale()).unwrap_or(8);
-        let pipe = Pipeline::<B>::new(files, vae, device)?;
+        let pipe = match (&a.model, &a.preset) {
+            (Some(dir), _) => Pipeline::<B>::new(ModelFiles::read_dir(dir)?, vae, device)?,
+            (None, Some(name)) => {
+                let Some(p) = preset(name) else { bail!("unknown preset {name:?}; `rfgen-cli models` lists them") };
+                Pipeline::<B>::random(&p.config(), a.seed, vae, device)?
+            }
+            (None, None) => unreachable!("checked in run"),
+        };
         let prompts = if self.token_ids.is_empty() { pipe.tokenize(&a.prompts)? } else { self.token_ids.clone() };
         let n = prompts.len();
 

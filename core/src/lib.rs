@@ -10,6 +10,7 @@ pub mod llama;
 pub mod noise;
 pub mod pipeline;
 pub mod sampler;
+pub mod structured;
 pub mod tokenizer;
 pub mod vae;
 

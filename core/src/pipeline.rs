@@ -6,15 +6,17 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use crate::checkpoint::{load_weights_dir, read_json, read_optional_json, Weights};
 use crate::error::{Error, Result};
-use crate::janusflow::{GenerationConfig, JanusFlow, JanusFlowConfig};
+use crate::checkpoint::VarBuilder;
+use crate::janusflow::{GenerationConfig, JanusFlowConfig};
+use crate::structured::{FlowGenerator, GeneratorConfig};
 use crate::sampler::{sample, PromptBatch, SampleConfig, StepEvent, VelocityModel};
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::{AutoencoderKl, VaeConfig};
 
-/// Everything a JanusFlow model directory holds, read into memory (config.json, weights,
-/// optional generation.json and tokenizer.json).
+/// Everything a model directory holds, read into memory: config.json (JanusFlow's released
+/// layout or rfgen's structured one), weights, optional generation.json and tokenizer.json.
 pub struct ModelFiles {
-    pub config: JanusFlowConfig,
+    pub config: GeneratorConfig,
     pub generation: GenerationConfig,
     pub weights: Weights,
     pub tokenizer_json: Option<Vec<u8>>,
@@ -25,10 +27,11 @@ impl ModelFiles {
         if !dir.is_dir() {
             return Err(Error::Io(format!("model directory {} does not exist", dir.display())));
         }
-        let config_path = dir.join("config.json");
-        let config: JanusFlowConfig = read_json(&config_path)?;
-        config.validate(&config_path.display().to_string())?;
-        let generation = read_optional_json(&dir.join("generation.json"))?.unwrap_or_default();
+        let config = read_generator_config(&dir.join("config.json"))?;
+        let generation = match read_optional_json::<GenerationConfig>(&dir.join("generation.json"))? {
+            Some(g) => g.or(&config.generation),
+            None => config.generation.clone(),
+        };
         let tok = dir.join("tokenizer.json");
         let tokenizer_json = if tok.exists() {
             Some(std::fs::read(&tok).map_err(|e| Error::Io(format!("cannot read {}: {e}", tok.display())))?)
@@ -37,6 +40,21 @@ impl ModelFiles {
         };
         Ok(Self { config, generation, weights: load_weights_dir(dir)?, tokenizer_json })
     }
+}
+
+/// Reads a model `config.json`: the released JanusFlow layout or an rfgen generator config.
+pub fn read_generator_config(path: &Path) -> Result<GeneratorConfig> {
+    let value: serde_json::Value = read_json(path)?;
+    let name = path.display().to_string();
+    let config = if value.get("vision_gen_enc_config").is_some() {
+        let jf: JanusFlowConfig = serde_json::from_value(value).map_err(|e| Error::config(&name, e))?;
+        jf.validate(&name)?;
+        GeneratorConfig::from(&jf)
+    } else {
+        serde_json::from_value(value).map_err(|e| Error::config(&name, e))?
+    };
+    config.validate(&name)?;
+    Ok(config)
 }
 
 /// A diffusers-layout VAE directory (config.json + safetensors).
@@ -66,7 +84,7 @@ pub struct Generated<B: Backend> {
 }
 
 pub struct Pipeline<B: Backend> {
-    pub model: JanusFlow<B>,
+    pub model: FlowGenerator<B>,
     pub vae: Option<AutoencoderKl<B>>,
     pub tokenizer: Option<PromptTokenizer>,
     pub generation: GenerationConfig,
@@ -76,14 +94,37 @@ pub struct Pipeline<B: Backend> {
 
 impl<B: Backend> Pipeline<B> {
     pub fn new(files: ModelFiles, vae: Option<VaeFiles>, device: &B::Device) -> Result<Self> {
-        let model = JanusFlow::load(&files.weights, &files.config, device)?;
+        let model = FlowGenerator::load(&files.weights, &files.config, device)?;
+        Self::assemble(model, files.generation, files.tokenizer_json, vae, device)
+    }
+
+    /// A randomly initialised generator (presets before trained weights exist); the same
+    /// `seed` always gives the same weights.
+    pub fn random(config: &GeneratorConfig, seed: u64, vae: Option<VaeFiles>, device: &B::Device) -> Result<Self> {
+        config.validate("preset")?;
+        let model = FlowGenerator::build(&VarBuilder::<B>::random(seed, device), config);
+        Self::assemble(model, config.generation.clone(), None, vae, device)
+    }
+
+    fn assemble(
+        model: FlowGenerator<B>,
+        gen: GenerationConfig,
+        tokenizer_json: Option<Vec<u8>>,
+        vae: Option<VaeFiles>,
+        device: &B::Device,
+    ) -> Result<Self> {
         let vae = vae.map(|v| AutoencoderKl::load(&v.weights, &v.config, device)).transpose()?;
-        let gen = files.generation;
-        let lc = &files.config.language_config;
-        let tokenizer = files
-            .tokenizer_json
-            .map(|json| PromptTokenizer::from_bytes(&json, gen.bos_token_id.or(lc.bos_token_id), gen.image_gen_token_id))
-            .transpose()?;
+        let lc = &model.config.language_config;
+        let bos = gen.bos_token_id.or(lc.bos_token_id);
+        let tokenizer = match (tokenizer_json, gen.tokenizer.as_deref()) {
+            (Some(json), _) => Some(PromptTokenizer::from_bytes(&json, bos, gen.image_gen_token_id)?),
+            (None, Some("bytes")) => {
+                let missing = || Error::config("generation", "byte-level prompts need bos_token_id and image_gen_token_id");
+                let (bos, bog) = (bos.ok_or_else(missing)?, gen.image_gen_token_id.ok_or_else(missing)?);
+                Some(PromptTokenizer::bytes(bos, bog, lc.vocab_size)?)
+            }
+            _ => None,
+        };
         let pad_id = gen.pad_token_id.or(lc.pad_token_id).ok_or_else(|| {
             Error::config("generation.json", "no pad_token_id (in generation.json or language_config)")
         })?;

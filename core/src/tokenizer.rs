@@ -14,8 +14,14 @@ pub fn janusflow_template(prompt: &str) -> String {
     format!("User: {prompt}\n\nAssistant:{IMAGE_GEN_TAG}")
 }
 
+enum Inner {
+    Hf(Box<Tokenizer>),
+    /// Byte-level ids `3 + byte` (models without a tokenizer.json, e.g. presets).
+    Bytes { vocab: usize },
+}
+
 pub struct PromptTokenizer {
-    tokenizer: Tokenizer,
+    inner: Inner,
     bos_id: u32,
     image_gen_id: u32,
 }
@@ -32,7 +38,15 @@ impl PromptTokenizer {
             Some(id) => id,
             None => return Err(Error::Tokenizer("no BOS token id (give bos_token_id in generation.json)".into())),
         };
-        Ok(Self { tokenizer, bos_id, image_gen_id })
+        Ok(Self { inner: Inner::Hf(Box::new(tokenizer)), bos_id, image_gen_id })
+    }
+
+    /// The byte-level fallback: BOS, `3 + byte` for each byte of the templated prompt, then BOG.
+    pub fn bytes(bos_id: u32, image_gen_id: u32, vocab: usize) -> Result<Self> {
+        if vocab < 259 {
+            return Err(Error::Tokenizer(format!("byte-level prompts need a vocabulary of at least 259 ids, the model has {vocab}")));
+        }
+        Ok(Self { inner: Inner::Bytes { vocab }, bos_id, image_gen_id })
     }
 
     /// `[BOS, templated prompt..., BOG]`.
@@ -40,11 +54,20 @@ impl PromptTokenizer {
         if prompt.trim().is_empty() {
             return Err(Error::input("the prompt is empty"));
         }
-        let enc = self
-            .tokenizer
-            .encode(janusflow_template(prompt), true)
-            .map_err(|e| Error::Tokenizer(format!("cannot encode the prompt: {e}")))?;
-        let mut ids = enc.get_ids().to_vec();
+        let mut ids = match &self.inner {
+            Inner::Hf(tokenizer) => tokenizer
+                .encode(janusflow_template(prompt), true)
+                .map_err(|e| Error::Tokenizer(format!("cannot encode the prompt: {e}")))?
+                .get_ids()
+                .to_vec(),
+            Inner::Bytes { vocab } => {
+                let text = janusflow_template(prompt);
+                let text = text.strip_suffix(IMAGE_GEN_TAG).unwrap_or(&text);
+                let ids: Vec<u32> = text.bytes().map(|b| 3 + b as u32).chain([self.image_gen_id]).collect();
+                debug_assert!(ids.iter().all(|&i| (i as usize) < *vocab));
+                ids
+            }
+        };
         if ids.first() != Some(&self.bos_id) {
             ids.insert(0, self.bos_id);
         }

@@ -7,4 +7,4 @@ mod var_builder;
 
 pub use dir::{load_weights_dir, read_json, read_optional_json};
 pub use store::{StoredDtype, Weights};
-pub use var_builder::VarBuilder;
+pub use var_builder::{init_values, VarBuilder};

@@ -152,6 +152,22 @@ impl Weights {
         })
     }
 
+    /// All tensors as one f32 safetensors file.
+    pub fn to_safetensors_f32(&self) -> Result<Vec<u8>> {
+        let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.index.len());
+        for (name, e) in &self.index {
+            let values = match self.read_f32(name).expect("indexed") {
+                Ok(v) => v,
+                Err(d) => return Err(Error::checkpoint(name.as_str(), format!("cannot write dtype {d} as f32"))),
+            };
+            data.push((name.clone(), e.shape.clone(), values.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        }
+        let views = data.iter().map(|(n, shape, bytes)| {
+            (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes).expect("consistent view"))
+        });
+        safetensors::serialize(views, None).map_err(|e| Error::checkpoint("output", format!("{e:?}")))
+    }
+
     /// Where a tensor came from (file name), for messages.
     pub fn source_of(&self, name: &str) -> Option<&str> {
         let e = self.index.get(name)?;

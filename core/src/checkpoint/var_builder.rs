@@ -12,6 +12,19 @@ use crate::error::{Error, Result, WeightProblems};
 struct Log {
     used: BTreeSet<String>,
     problems: WeightProblems,
+    /// Random mode: the tensors created so far (to save the model), when recording.
+    created: Weights,
+    record: bool,
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Stored(&'a Weights),
+    /// Fresh weights from a seed; each tensor depends only on (seed, key), not on build order.
+    Random(u64),
+    /// Only record names and shapes (parameter counts); tensors are 1-element placeholders.
+    Shapes,
 }
 
 /// Builds modules by key path: `vb.pp("layers").pp(3).tensor("weight", [h, h])`.
@@ -19,7 +32,7 @@ struct Log {
 /// A tensor that is missing, misshapen, non-finite or of a non-float dtype is recorded and replaced
 /// by zeros so that building continues; [`VarBuilder::finish`] then reports every problem by name.
 pub struct VarBuilder<'a, B: Backend> {
-    weights: &'a Weights,
+    source: Source<'a>,
     prefix: String,
     device: B::Device,
     log: Rc<RefCell<Log>>,
@@ -27,13 +40,39 @@ pub struct VarBuilder<'a, B: Backend> {
 
 impl<'a, B: Backend> Clone for VarBuilder<'a, B> {
     fn clone(&self) -> Self {
-        Self { weights: self.weights, prefix: self.prefix.clone(), device: self.device.clone(), log: self.log.clone() }
+        Self { source: self.source, prefix: self.prefix.clone(), device: self.device.clone(), log: self.log.clone() }
     }
 }
 
 impl<'a, B: Backend> VarBuilder<'a, B> {
     pub fn new(weights: &'a Weights, device: &B::Device) -> Self {
-        Self { weights, prefix: String::new(), device: device.clone(), log: Rc::default() }
+        Self { source: Source::Stored(weights), prefix: String::new(), device: device.clone(), log: Rc::default() }
+    }
+
+    /// A builder that initialises every tensor randomly (see [`init_values`]) from `seed`.
+    pub fn random(seed: u64, device: &B::Device) -> VarBuilder<'static, B> {
+        VarBuilder { source: Source::Random(seed), prefix: String::new(), device: device.clone(), log: Rc::default() }
+    }
+
+    /// A builder that allocates nothing and records every tensor's key and shape.
+    pub fn shapes(device: &B::Device) -> VarBuilder<'static, B> {
+        VarBuilder { source: Source::Shapes, prefix: String::new(), device: device.clone(), log: Rc::default() }
+    }
+
+    /// Every (key, shape) requested so far.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        self.log.borrow().shapes.clone()
+    }
+
+    /// Random mode: keep a copy of every tensor created, for [`VarBuilder::created`].
+    pub fn recording(self) -> Self {
+        self.log.borrow_mut().record = true;
+        self
+    }
+
+    /// Random mode with recording: every tensor created so far, by key (a checkpoint of the model).
+    pub fn created(&self) -> Weights {
+        self.log.borrow().created.clone()
     }
 
     /// A builder one level deeper in the key path.
@@ -56,12 +95,19 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.weights.contains(&self.path(name))
+        match self.source {
+            Source::Stored(w) => w.contains(&self.path(name)),
+            Source::Random(_) | Source::Shapes => true,
+        }
     }
 
     /// The tensor `prefix.name` with exactly `shape`.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Tensor<B, D> {
         let key = self.path(name);
+        self.log.borrow_mut().shapes.push((key.clone(), shape.to_vec()));
+        if let Source::Shapes = self.source {
+            return Tensor::zeros([1; D], &self.device);
+        }
         let values = self.read(&key, &shape);
         let values = values.unwrap_or_else(|| vec![0.0; shape.iter().product()]);
         Tensor::from_data(TensorData::new(values, shape), &self.device)
@@ -73,7 +119,18 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
 
     fn read(&self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
         let mut log = self.log.borrow_mut();
-        let Some(stored) = self.weights.shape(key) else {
+        let weights = match self.source {
+            Source::Stored(w) => w,
+            Source::Shapes => return None,
+            Source::Random(seed) => {
+                let values = init_values(seed, key, shape);
+                if log.record {
+                    log.created.insert_f32(key, shape.to_vec(), values.clone());
+                }
+                return Some(values);
+            }
+        };
+        let Some(stored) = weights.shape(key) else {
             log.problems.missing.push(key.to_string());
             return None;
         };
@@ -82,7 +139,7 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
             log.problems.misshapen.push((key.to_string(), shape.to_vec(), stored.to_vec()));
             return None;
         }
-        match self.weights.read_f32(key).expect("name is indexed") {
+        match weights.read_f32(key).expect("name is indexed") {
             Err(dtype) => {
                 log.problems.bad_dtype.push((key.to_string(), dtype));
                 None
@@ -99,10 +156,10 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
     /// prefix that no module asked for (except names starting with one of `ignored`).
     pub fn finish(self, ignored: &[&str]) -> Result<()> {
         let log = self.log.borrow();
+        let Source::Stored(weights) = self.source else { return Ok(()) };
         let mut problems = log.problems.clone();
         let scope = if self.prefix.is_empty() { String::new() } else { format!("{}.", self.prefix) };
-        problems.unexpected = self
-            .weights
+        problems.unexpected = weights
             .names()
             .filter(|n| n.starts_with(&scope) && !log.used.contains(*n))
             .filter(|n| !ignored.iter().any(|p| n.starts_with(p)))
@@ -114,4 +171,27 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
             Err(Error::Weights(problems))
         }
     }
+}
+
+/// Initial values of a fresh tensor, by key and shape: biases and GRN parameters 0, 1-D (norm)
+/// weights 1, token embeddings N(0, 0.02), other weights N(0, 1/fan_in).
+pub fn init_values(seed: u64, key: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let grn = key.contains("channelwise_norm.");
+    if leaf == "bias" || grn {
+        return vec![0.0; n];
+    }
+    if shape.len() == 1 {
+        return vec![1.0; n];
+    }
+    let std = if key.ends_with("embed_tokens.weight") {
+        0.02
+    } else {
+        let fan_in: usize = shape[1..].iter().product();
+        (fan_in.max(1) as f32).powf(-0.5)
+    };
+    // FNV-1a of the key, mixed with the seed: each tensor has its own stream.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    crate::noise::gaussian(seed ^ hash, n).into_iter().map(|x| x * std).collect()
 }

@@ -168,6 +168,23 @@ impl JanusFlowConfig {
     }
 }
 
+impl GenerationConfig {
+    /// These settings, with unset fields taken from `base`.
+    pub fn or(self, base: &GenerationConfig) -> Self {
+        let b = base.clone();
+        Self {
+            bos_token_id: self.bos_token_id.or(b.bos_token_id),
+            pad_token_id: self.pad_token_id.or(b.pad_token_id),
+            image_gen_token_id: self.image_gen_token_id.or(b.image_gen_token_id),
+            cfg_weight: self.cfg_weight.or(b.cfg_weight),
+            num_inference_steps: self.num_inference_steps.or(b.num_inference_steps),
+            latent_shape: self.latent_shape.or(b.latent_shape),
+            vae_scaling_factor: self.vae_scaling_factor.or(b.vae_scaling_factor),
+            tokenizer: self.tokenizer.or(b.tokenizer),
+        }
+    }
+}
+
 /// Optional `generation.json` next to a model: special token ids and default sampling settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenerationConfig {
@@ -185,4 +202,7 @@ pub struct GenerationConfig {
     pub latent_shape: Option<Vec<usize>>,
     #[serde(default)]
     pub vae_scaling_factor: Option<f64>,
+    /// `"bytes"`: prompts map to ids 3 + byte (for models without a tokenizer.json, e.g. presets).
+    #[serde(default)]
+    pub tokenizer: Option<String>,
 }

@@ -1,0 +1,281 @@
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+
+use super::{DecoderConfig, EncoderConfig, GeneratorConfig, MmditEncoder, SingleStreamDecoder};
+use crate::checkpoint::{VarBuilder, Weights};
+use crate::error::Result;
+use crate::janusflow::{ShallowUViTDecoder, ShallowUViTEncoder};
+use crate::layers::{Linear, RmsNorm};
+use crate::llama::{attention_mask, Llama};
+use crate::sampler::{PromptBatch, VelocityModel};
+
+/// Checkpoint tensors of the released JanusFlow that text-to-image does not use.
+pub const UNUSED_PREFIXES: [&str; 4] =
+    ["language_model.lm_head.", "vision_und_enc_model.", "vision_und_enc_aligner.", "beg_of_und_embed"];
+
+/// JanusFlow's encoder: `vision_gen_enc_model.*` + `vision_gen_enc_aligner`.
+#[derive(Module, Debug)]
+pub struct UvitEncoderArm<B: Backend> {
+    pub vision_gen_enc_model: ShallowUViTEncoder<B>,
+    pub vision_gen_enc_aligner: Linear<B>,
+}
+
+/// JanusFlow's decoder: `vision_gen_dec_aligner_norm`, `vision_gen_dec_aligner`, `vision_gen_dec_model.*`.
+#[derive(Module, Debug)]
+pub struct UvitDecoderArm<B: Backend> {
+    pub vision_gen_dec_aligner_norm: RmsNorm<B>,
+    pub vision_gen_dec_aligner: Linear<B>,
+    pub vision_gen_dec_model: ShallowUViTDecoder<B>,
+}
+
+#[derive(Module, Debug)]
+pub enum GenEncoder<B: Backend> {
+    Uvit(UvitEncoderArm<B>),
+    Mmdit(MmditEncoder<B>),
+}
+
+#[derive(Module, Debug)]
+pub enum GenDecoder<B: Backend> {
+    Uvit(UvitDecoderArm<B>),
+    SingleStream(SingleStreamDecoder<B>),
+}
+
+/// The generator's parts, for parameter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Llm,
+    Encoder,
+    Decoder,
+}
+
+impl Component {
+    /// The part a checkpoint key belongs to.
+    pub fn of(key: &str) -> Component {
+        if key.starts_with("language_model.") {
+            Component::Llm
+        } else if key.starts_with("vision_gen_enc") || key.starts_with("gen_enc.") {
+            Component::Encoder
+        } else {
+            Component::Decoder
+        }
+    }
+}
+
+/// LLM + generation encoder + decoder: JanusFlow (both UViT) or any arm of the structured model.
+#[derive(Module, Debug)]
+pub struct FlowGenerator<B: Backend> {
+    pub language_model: Llama<B>,
+    pub encoder: GenEncoder<B>,
+    pub decoder: GenDecoder<B>,
+    #[module(skip)]
+    pub config: GeneratorConfig,
+}
+
+/// Intermediates of one velocity evaluation (parity tests, debugging).
+#[derive(Debug, Clone)]
+pub struct StepTrace<B: Backend> {
+    pub t_emb: Tensor<B, 2>,
+    /// UViT encoder: its feature map (also the skip).
+    pub enc_z_emb: Option<Tensor<B, 4>>,
+    /// Image tokens entering the LLM (after the aligner).
+    pub enc_tokens: Tensor<B, 3>,
+    pub llm_inputs_embeds: Tensor<B, 3>,
+    pub llm_last_hidden: Tensor<B, 3>,
+    /// UViT decoder: its input map after the aligners.
+    pub dec_input: Option<Tensor<B, 4>>,
+}
+
+/// Prepared once per generation: prompt embeddings `[2B, P, H]`, visibility, cached masks.
+#[derive(Debug, Clone)]
+pub struct GeneratorCond<B: Backend> {
+    pub prefix: Tensor<B, 3>,
+    pub key_visible: Vec<Vec<bool>>,
+    masks: Option<Masks<B>>,
+}
+
+#[derive(Debug, Clone)]
+struct Masks<B: Backend> {
+    n_img: usize,
+    llm: Tensor<B, 4, Bool>,
+    /// `[2B, 1, 1, n + P]`: keys of [image, text] hidden in the MM-DiT encoder.
+    image_text: Tensor<B, 4, Bool>,
+    /// `[2B, 1, 1, P + n]`: keys of [text, image] hidden in the single-stream decoder.
+    text_image: Tensor<B, 4, Bool>,
+}
+
+impl<B: Backend> GeneratorCond<B> {
+    fn masks(&mut self, n_img: usize, device: &B::Device) -> Masks<B> {
+        if let Some(m) = self.masks.as_ref().filter(|m| m.n_img == n_img) {
+            return m.clone();
+        }
+        let rows = self.key_visible.len();
+        let p = self.key_visible[0].len();
+        let seq = p + 1 + n_img;
+        let visible: Vec<Vec<bool>> =
+            self.key_visible.iter().map(|r| r.iter().copied().chain(std::iter::repeat(true)).take(seq).collect()).collect();
+        let keys = |order: &dyn Fn(&[bool]) -> Vec<bool>| {
+            let flat: Vec<bool> = self.key_visible.iter().flat_map(|r| order(r)).map(|v| !v).collect();
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(flat, [rows, 1, 1, p + n_img]), device)
+        };
+        let m = Masks {
+            n_img,
+            llm: attention_mask::<B>(Some(&visible), rows, 0, seq, device),
+            image_text: keys(&|r| std::iter::repeat(true).take(n_img).chain(r.iter().copied()).collect()),
+            text_image: keys(&|r| r.iter().copied().chain(std::iter::repeat(true).take(n_img)).collect()),
+        };
+        self.masks = Some(m.clone());
+        m
+    }
+}
+
+impl<B: Backend> FlowGenerator<B> {
+    /// Builds the generator from a checkpoint; every missing, misshapen, non-finite or unexpected
+    /// tensor is reported by name.
+    pub fn load(weights: &Weights, config: &GeneratorConfig, device: &B::Device) -> Result<Self> {
+        let vb = VarBuilder::<B>::new(weights, device);
+        let model = Self::build(&vb, config);
+        vb.finish(&UNUSED_PREFIXES)?;
+        Ok(model)
+    }
+
+    pub fn build(vb: &VarBuilder<B>, c: &GeneratorConfig) -> Self {
+        let h = c.hidden();
+        let encoder = match &c.encoder {
+            EncoderConfig::Uvit(p) => GenEncoder::Uvit(UvitEncoderArm {
+                vision_gen_enc_model: ShallowUViTEncoder::load(&vb.pp("vision_gen_enc_model"), p),
+                vision_gen_enc_aligner: Linear::load(&vb.pp("vision_gen_enc_aligner"), p.channels(), h, true),
+            }),
+            EncoderConfig::Mmdit(m) => {
+                GenEncoder::Mmdit(MmditEncoder::load(&vb.pp("gen_enc"), m, c.latent_channels, c.patch_size, h))
+            }
+        };
+        let eps = c.language_config.rms_norm_eps;
+        let decoder = match &c.decoder {
+            DecoderConfig::Uvit(p) => GenDecoder::Uvit(UvitDecoderArm {
+                vision_gen_dec_aligner_norm: RmsNorm::load(&vb.pp("vision_gen_dec_aligner_norm"), h, eps),
+                vision_gen_dec_aligner: Linear::load(&vb.pp("vision_gen_dec_aligner"), h, p.in_channels, true),
+                vision_gen_dec_model: ShallowUViTDecoder::load(&vb.pp("vision_gen_dec_model"), p),
+            }),
+            DecoderConfig::SingleStream(s) => GenDecoder::SingleStream(SingleStreamDecoder::load(
+                &vb.pp("gen_dec"),
+                s,
+                h,
+                eps,
+                c.skip_width(),
+                c.latent_channels,
+                c.patch_size,
+            )),
+        };
+        Self {
+            language_model: Llama::load(&vb.pp("language_model"), &c.language_config, false),
+            encoder,
+            decoder,
+            config: c.clone(),
+        }
+    }
+
+    /// Time embedding `[rows, H]` for `t` on the 0..1000 scale.
+    pub fn time_embedding(&self, t: &[f32], device: &B::Device) -> Tensor<B, 2> {
+        match &self.encoder {
+            GenEncoder::Uvit(e) => e.vision_gen_enc_model.time_embedding(t, device),
+            GenEncoder::Mmdit(e) => e.time_embedding(t, device),
+        }
+    }
+
+    /// One velocity evaluation on the doubled batch `z: [2B, c, h, w]` at times `t` (0..1000).
+    pub fn velocity_traced(
+        &self,
+        z: Tensor<B, 4>,
+        t: &[f32],
+        cond: &mut GeneratorCond<B>,
+        trace: Option<&mut Option<StepTrace<B>>>,
+    ) -> Tensor<B, 4> {
+        let device = z.device();
+        let t_emb = self.time_embedding(t, &device);
+        let p = cond.prefix.dims()[1];
+        let [_, _, zh, zw] = z.dims();
+        let n_img = (zh / self.config.patch_size) * (zw / self.config.patch_size);
+        let masks = cond.masks(n_img, &device);
+
+        // Encoder → (text tokens for the LLM, image tokens for the LLM, skip tokens, grid).
+        let mut enc_z_emb = None;
+        let (text, tokens, skip, grid) = match &self.encoder {
+            GenEncoder::Uvit(e) => {
+                let z_emb = e.vision_gen_enc_model.forward(z, t_emb.clone());
+                let [b, c, gh, gw] = z_emb.dims();
+                let skip = z_emb.clone().reshape([b, c, gh * gw]).swap_dims(1, 2);
+                enc_z_emb = Some(z_emb);
+                (cond.prefix.clone(), e.vision_gen_enc_aligner.forward(skip.clone()), skip, [gh, gw])
+            }
+            GenEncoder::Mmdit(e) => {
+                let (x, c, grid) = e.forward(z, cond.prefix.clone(), t_emb.clone(), Some(&masks.image_text));
+                (e.text_aligner.forward(c), e.noise_aligner.forward(x.clone()), x, grid)
+            }
+        };
+
+        let inputs = Tensor::cat(vec![text, t_emb.clone().unsqueeze_dim(1), tokens.clone()], 1);
+        let [b, seq, _] = inputs.dims();
+        let hidden = self.language_model.forward_embeds(inputs.clone(), Some(masks.llm.clone()), None, false).last_hidden_state;
+        let h = hidden.dims()[2];
+        let img = hidden.clone().slice([0..b, seq - n_img..seq, 0..h]);
+
+        let mut dec_input = None;
+        let v = match &self.decoder {
+            GenDecoder::Uvit(d) => {
+                let img = d.vision_gen_dec_aligner.forward(d.vision_gen_dec_aligner_norm.forward(img));
+                let c = img.dims()[2];
+                let x = img.swap_dims(1, 2).reshape([b, c, grid[0], grid[1]]);
+                let cs = skip.dims()[2];
+                let skip_map = skip.swap_dims(1, 2).reshape([b, cs, grid[0], grid[1]]);
+                dec_input = Some(x.clone());
+                d.vision_gen_dec_model.forward(x, skip_map, t_emb.clone())
+            }
+            GenDecoder::SingleStream(d) => {
+                let text_out = hidden.clone().slice([0..b, 0..p, 0..h]);
+                d.forward(text_out, img, skip, t_emb.clone(), grid, Some(&masks.text_image))
+            }
+        };
+        if let Some(slot) = trace {
+            *slot = Some(StepTrace {
+                t_emb,
+                enc_z_emb,
+                enc_tokens: tokens,
+                llm_inputs_embeds: inputs,
+                llm_last_hidden: hidden,
+                dec_input,
+            });
+        }
+        v
+    }
+}
+
+impl<B: Backend> VelocityModel<B> for FlowGenerator<B> {
+    type Cond = GeneratorCond<B>;
+
+    fn latent_channels(&self) -> usize {
+        self.config.latent_channels
+    }
+
+    fn patch_size(&self) -> usize {
+        self.config.patch_size
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.language_config.vocab_size
+    }
+
+    fn max_sequence(&self) -> Option<usize> {
+        self.config.language_config.max_position_embeddings
+    }
+
+    fn prepare(&self, batch: &PromptBatch, device: &B::Device) -> Self::Cond {
+        let (rows, p) = (batch.ids.len(), batch.prefix_len());
+        let flat: Vec<i64> = batch.ids.iter().flat_map(|r| r[..p].iter().map(|&x| x as i64)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows, p]), device);
+        GeneratorCond { prefix: self.language_model.embed(ids), key_visible: batch.prefix_visible.clone(), masks: None }
+    }
+
+    fn velocity(&self, z: Tensor<B, 4>, t: &[f32], cond: &mut Self::Cond) -> Tensor<B, 4> {
+        self.velocity_traced(z, t, cond, None)
+    }
+}

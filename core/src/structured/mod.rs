@@ -1,0 +1,15 @@
+//! The seeds' structured generator around the LLM, and JanusFlow as its baseline arm:
+//! encoder = JanusFlow's ShallowUViT or an MM-DiT dual-stream stack; decoder = JanusFlow's
+//! ShallowUViT or a single-stream (Flux) stack over [LLM text outputs, LLM image outputs].
+
+mod config;
+mod generator;
+mod mmdit_encoder;
+mod presets;
+mod single_stream_decoder;
+
+pub use config::{DecoderConfig, EncoderConfig, GeneratorConfig, MmditEncoderConfig, RopeConfig, SingleStreamDecoderConfig};
+pub use generator::{Component, FlowGenerator, GenDecoder, GenEncoder, GeneratorCond, StepTrace};
+pub use mmdit_encoder::MmditEncoder;
+pub use presets::{param_counts, preset, preset_names, Preset};
+pub use single_stream_decoder::SingleStreamDecoder;
