@@ -1,6 +1,9 @@
 //! rfgen-cli: a thin shell over rfgen-core.
 
+mod compare;
+mod convert;
 mod init;
+mod inspect;
 mod models;
 mod output;
 mod progress;
@@ -25,6 +28,12 @@ enum Command {
     Models,
     /// Write a randomly initialised preset as a model directory.
     Init(init::InitArgs),
+    /// Convert a checkpoint to rfgen's layout: dtype, int8/int4 weights, shards, manifest.
+    Convert(convert::ConvertArgs),
+    /// Show a checkpoint's config, tensors, sizes, quantization and validation result.
+    Inspect(inspect::InspectArgs),
+    /// Sample two models with the same prompts and noise; report latent differences and PSNR.
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +52,9 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args),
         Command::Models => models::run(),
         Command::Init(args) => init::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

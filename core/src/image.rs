@@ -14,3 +14,14 @@ pub fn to_rgb8(chw: &[f32], height: usize, width: usize) -> Vec<u8> {
     }
     out
 }
+
+/// PSNR in dB of two images with values in [-1, 1] (clipped), on the [0, 1] scale; infinite when equal.
+pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    let to01 = |x: f32| ((x.clamp(-1.0, 1.0) + 1.0) / 2.0) as f64;
+    let mse = a.iter().zip(b).map(|(x, y)| (to01(*x) - to01(*y)).powi(2)).sum::<f64>() / a.len().max(1) as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (1.0 / mse).log10()
+    }
+}

@@ -1,6 +1,7 @@
 //! rfgen-core: LLM-prior rectified-flow text-to-image models, generic over burn's `Backend`.
 
 pub mod checkpoint;
+pub mod convert;
 pub mod dit;
 pub mod error;
 pub mod image;
@@ -9,6 +10,7 @@ pub mod layers;
 pub mod llama;
 pub mod noise;
 pub mod pipeline;
+pub mod quant;
 pub mod sampler;
 pub mod structured;
 pub mod tokenizer;

@@ -7,6 +7,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use crate::checkpoint::{load_weights_dir, read_json, read_optional_json, Weights};
 use crate::error::{Error, Result};
 use crate::checkpoint::VarBuilder;
+use crate::convert::{Manifest, ModelKind};
 use crate::janusflow::{GenerationConfig, JanusFlowConfig};
 use crate::structured::{FlowGenerator, GeneratorConfig};
 use crate::sampler::{sample, PromptBatch, SampleConfig, StepEvent, VelocityModel};
@@ -167,4 +168,65 @@ impl<B: Backend> Pipeline<B> {
         let images = self.vae.as_ref().map(|vae| vae.decode_flow_latent(z1.clone()));
         Ok(Generated { z1, images })
     }
+}
+
+/// Any checkpoint rfgen reads, with what it is and how it is laid out.
+pub struct Checkpoint {
+    pub kind: ModelKind,
+    pub weights: Weights,
+    pub dir: std::path::PathBuf,
+    /// "rfgen manifest", "hf sharded index" or "single safetensors".
+    pub layout: &'static str,
+    pub manifest: Option<Manifest>,
+    /// The weight files read, for source identity.
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// Reads a model or VAE directory, or one `.safetensors` file with its `config.json` beside it.
+pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return Err(Error::input(format!("{}: GGUF checkpoints are not supported yet", path.display())));
+    }
+    let (dir, single) = if path.is_file() {
+        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), Some(path.to_path_buf()))
+    } else if path.is_dir() {
+        (path.to_path_buf(), None)
+    } else {
+        return Err(Error::Io(format!("{} does not exist", path.display())));
+    };
+    let config_path = dir.join("config.json");
+    let value: serde_json::Value = read_json(&config_path)?;
+    let kind = if value.get("_class_name").and_then(|v| v.as_str()) == Some("AutoencoderKL") {
+        let c: VaeConfig = serde_json::from_value(value).map_err(|e| Error::config(config_path.display().to_string(), e))?;
+        c.validate(&config_path.display().to_string())?;
+        ModelKind::Vae(c)
+    } else {
+        ModelKind::Generator(read_generator_config(&config_path)?)
+    };
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Option<Manifest> = if single.is_none() && manifest_path.exists() { Some(read_json(&manifest_path)?) } else { None };
+    let (weights, layout, files) = match &single {
+        Some(file) => {
+            let bytes = std::fs::read(file).map_err(|e| Error::Io(format!("cannot read {}: {e}", file.display())))?;
+            (Weights::from_safetensors(&file.display().to_string(), bytes)?, "single safetensors", vec![file.clone()])
+        }
+        None => {
+            let weights = load_weights_dir(&dir)?;
+            let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| Error::Io(format!("cannot list {}: {e}", dir.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.file_name().is_some_and(|n| n != "io.safetensors"))
+                .collect();
+            files.sort();
+            let layout = if manifest.is_some() {
+                "rfgen manifest"
+            } else if files.len() > 1 {
+                "hf sharded index"
+            } else {
+                "single safetensors"
+            };
+            (weights, layout, files)
+        }
+    };
+    Ok(Checkpoint { kind, weights, dir, layout, manifest, files })
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::Weights;
+use crate::convert::{sha256_hex, Manifest};
 use crate::error::{Error, Result};
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -42,6 +43,19 @@ pub fn load_weights_dir(dir: &Path) -> Result<Weights> {
         .collect();
     let name = |p: &PathBuf| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
     let mut weights = Weights::new();
+    let manifest_path = dir.join("manifest.json");
+    if manifest_path.exists() {
+        let manifest: Manifest = read_json(&manifest_path)?;
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        for s in &manifest.shards {
+            let path = dir.join(&s.file);
+            if !path.exists() {
+                return Err(Error::checkpoint(path.display().to_string(), "shard listed in manifest.json is missing"));
+            }
+            shards.push((path.display().to_string(), read(&path)?));
+        }
+        return weights_from_manifest(&manifest, shards);
+    }
     if let Some(index_path) = entries.iter().find(|p| name(p).ends_with(".safetensors.index.json")) {
         let index: ShardIndex = read_json(index_path)?;
         let shards: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
@@ -81,6 +95,32 @@ pub fn load_weights_dir(dir: &Path) -> Result<Weights> {
             }
         };
         weights.add_safetensors(&chosen.display().to_string(), read(chosen)?)?;
+    }
+    Ok(weights)
+}
+
+/// Verifies every shard against the manifest (size, sha256) and assembles the weights, joining
+/// split tensors. `shards` are (name for messages, bytes) in manifest order.
+pub fn weights_from_manifest(manifest: &Manifest, shards: Vec<(String, Vec<u8>)>) -> Result<Weights> {
+    if shards.len() != manifest.shards.len() {
+        return Err(Error::checkpoint("manifest.json", format!("{} shards given, the manifest lists {}", shards.len(), manifest.shards.len())));
+    }
+    let mut weights = Weights::new();
+    for ((name, bytes), info) in shards.into_iter().zip(&manifest.shards) {
+        if bytes.len() as u64 != info.bytes {
+            return Err(Error::checkpoint(
+                name,
+                format!("shard is {} bytes but manifest.json says {} (truncated or replaced)", bytes.len(), info.bytes),
+            ));
+        }
+        let digest = sha256_hex(&bytes);
+        if digest != info.sha256 {
+            return Err(Error::checkpoint(name, format!("sha256 mismatch: manifest.json says {}, the shard has {digest}", info.sha256)));
+        }
+        weights.add_safetensors(&name, bytes)?;
+    }
+    for (tensor, parts) in &manifest.split {
+        weights.join_parts(tensor, parts)?;
     }
     Ok(weights)
 }

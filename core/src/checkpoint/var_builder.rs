@@ -5,7 +5,8 @@ use std::rc::Rc;
 use burn::module::Param;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
-use super::Weights;
+use super::{StoredDtype, Weights};
+use crate::quant::{QuantScheme, Quantized};
 use crate::error::{Error, Result, WeightProblems};
 
 #[derive(Default)]
@@ -117,6 +118,51 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
         Param::from_tensor(self.tensor(name, shape))
     }
 
+    /// A quantized weight stored at `prefix.name` (I8/U8 codes + `name_scale`), or `None` when the
+    /// weight is stored as floats (then use [`VarBuilder::tensor`]).
+    pub fn quantized(&self, name: &str, d_out: usize, d_in: usize) -> Option<Quantized> {
+        let Source::Stored(weights) = self.source else { return None };
+        let key = self.path(name);
+        let is_i8 = match weights.dtype(&key)? {
+            StoredDtype::I8 => true,
+            StoredDtype::U8 => false,
+            _ => return None,
+        };
+        let scale_key = format!("{key}_scale");
+        let mut log = self.log.borrow_mut();
+        log.used.insert(key.clone());
+        let Some(scale_shape) = weights.shape(&scale_key).map(<[usize]>::to_vec) else {
+            log.problems.missing.push(scale_key);
+            return Some(zero_quant(d_out, d_in));
+        };
+        log.used.insert(scale_key.clone());
+        let code_shape = weights.shape(&key).expect("indexed").to_vec();
+        let want_codes = vec![d_out, if is_i8 { d_in } else { d_in / 2 }];
+        if code_shape != want_codes {
+            log.problems.misshapen.push((key, want_codes, code_shape));
+            return Some(zero_quant(d_out, d_in));
+        }
+        let scales = match weights.read_f32(&scale_key).expect("indexed") {
+            Ok(s) if s.iter().all(|x| x.is_finite()) => s,
+            Ok(_) => {
+                log.problems.non_finite.push(scale_key);
+                return Some(zero_quant(d_out, d_in));
+            }
+            Err(d) => {
+                log.problems.bad_dtype.push((scale_key, d));
+                return Some(zero_quant(d_out, d_in));
+            }
+        };
+        let codes = weights.raw(&key).expect("indexed").to_vec();
+        match Quantized::from_stored(codes, &code_shape, is_i8, scales, &scale_shape) {
+            Some(q) => Some(q),
+            None => {
+                log.problems.misshapen.push((scale_key, vec![d_out, 0], scale_shape));
+                Some(zero_quant(d_out, d_in))
+            }
+        }
+    }
+
     fn read(&self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
         let mut log = self.log.borrow_mut();
         let weights = match self.source {
@@ -194,4 +240,9 @@ pub fn init_values(seed: u64, key: &str, shape: &[usize]) -> Vec<f32> {
     // FNV-1a of the key, mixed with the seed: each tensor has its own stream.
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     crate::noise::gaussian(seed ^ hash, n).into_iter().map(|x| x * std).collect()
+}
+
+/// A placeholder for a quantized weight that could not be read (the problem is recorded).
+fn zero_quant(d_out: usize, d_in: usize) -> Quantized {
+    Quantized { scheme: QuantScheme::Int8, d_out, d_in, codes: vec![0; d_out * d_in], scales: vec![1.0; d_out] }
 }

@@ -1,28 +1,55 @@
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::checkpoint::VarBuilder;
+use crate::quant::QuantWeight;
 
-/// `y = x W^T + b` with PyTorch's `[out, in]` weight, stored transposed as `[in, out]`.
+/// A linear layer's weight: dense `[in, out]` (PyTorch's `[out, in]` transposed) or quantized.
+#[derive(Module, Debug)]
+pub enum LinearWeight<B: Backend> {
+    Dense(Param<Tensor<B, 2>>),
+    Quant(QuantWeight<B>),
+}
+
+/// `y = x W^T + b` with PyTorch's `[out, in]` weight.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: LinearWeight<B>,
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
 
 impl<B: Backend> Linear<B> {
+    /// Loads `weight` (dense, or int8/int4 codes with `weight_scale`) and optionally `bias`.
     pub fn load(vb: &VarBuilder<B>, d_in: usize, d_out: usize, bias: bool) -> Self {
-        let weight = Param::from_tensor(vb.tensor("weight", [d_out, d_in]).transpose());
+        let dense = |w: Tensor<B, 2>| LinearWeight::Dense(Param::from_tensor(w.transpose()));
+        let weight = match vb.quantized("weight", d_out, d_in) {
+            Some(q) => match QuantWeight::from_quantized(&q, vb.device()) {
+                Some(w) => LinearWeight::Quant(w),
+                None => dense(Tensor::from_data(TensorData::new(q.dequantize(), [d_out, d_in]), vb.device())),
+            },
+            None => dense(vb.tensor("weight", [d_out, d_in])),
+        };
         let bias = bias.then(|| vb.param("bias", [d_out]));
         Self { weight, bias }
     }
 
     pub fn d_out(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[1],
+            LinearWeight::Quant(q) => q.d_out(),
+        }
+    }
+
+    /// The `[in, out]` weight (dequantized if needed).
+    pub fn weight_in_out(&self) -> Tensor<B, 2> {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.val(),
+            LinearWeight::Quant(q) => q.dequantize().transpose(),
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = x.matmul(self.weight.val().unsqueeze());
+        let y = x.matmul(self.weight_in_out().unsqueeze());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,

@@ -9,7 +9,7 @@ mod presets;
 mod single_stream_decoder;
 
 pub use config::{DecoderConfig, EncoderConfig, GeneratorConfig, MmditEncoderConfig, RopeConfig, SingleStreamDecoderConfig};
-pub use generator::{Component, FlowGenerator, GenDecoder, GenEncoder, GeneratorCond, StepTrace};
+pub use generator::{Component, FlowGenerator, GenDecoder, GenEncoder, GeneratorCond, StepTrace, UNUSED_PREFIXES};
 pub use mmdit_encoder::MmditEncoder;
 pub use presets::{param_counts, preset, preset_names, Preset};
 pub use single_stream_decoder::SingleStreamDecoder;

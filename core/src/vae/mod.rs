@@ -6,4 +6,4 @@ mod decoder;
 
 pub use blocks::{AttentionBlock, ResnetBlock2D, Upsample2D};
 pub use config::VaeConfig;
-pub use decoder::{AutoencoderKl, Decoder, MidBlock, UpBlock};
+pub use decoder::{AutoencoderKl, Decoder, MidBlock, UpBlock, ENCODER_PREFIXES};
