@@ -27,8 +27,8 @@ pub struct ConvertArgs {
     #[arg(long, default_value_t = 32)]
     group_size: usize,
     /// Largest shard in MiB (WebGPU's default storage binding is 128 MiB).
-    #[arg(long, default_value_t = 128)]
-    shard_mb: usize,
+    #[arg(long, default_value_t = 128.0)]
+    shard_mb: f64,
     /// Replace an existing output directory.
     #[arg(long)]
     force: bool,
@@ -56,7 +56,11 @@ fn run_on<B: Backend>(a: ConvertArgs, device: &B::Device) -> Result<()> {
     let opts = ConvertOptions {
         dtype: parse_dtype(&a.dtype)?,
         quant: a.quant.as_deref().map(|q| QuantScheme::parse(q, a.group_size)).transpose()?,
-        shard_bytes: a.shard_mb.checked_mul(1 << 20).filter(|&b| b > 0).context("--shard-mb must be positive")?,
+        shard_bytes: if a.shard_mb.is_finite() && a.shard_mb > 0.0 && a.shard_mb <= 1e6 {
+            (a.shard_mb * (1u64 << 20) as f64) as usize
+        } else {
+            bail!("--shard-mb must be a positive number of MiB, got {}", a.shard_mb)
+        },
     };
     if a.to.exists() && !a.force {
         bail!("{} already exists (use --force to replace it)", a.to.display());

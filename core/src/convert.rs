@@ -31,7 +31,11 @@ impl ModelKind {
     pub fn config_json(&self) -> serde_json::Value {
         match self {
             ModelKind::Generator(c) => serde_json::to_value(c).expect("serializable"),
-            ModelKind::Vae(c) => serde_json::to_value(c).expect("serializable"),
+            ModelKind::Vae(c) => {
+                let mut v = serde_json::to_value(c).expect("serializable");
+                v["_class_name"] = "AutoencoderKL".into();
+                v
+            }
         }
     }
 
