@@ -42,6 +42,13 @@ case "${1:-run}" in
     # The cuda backend must keep compiling offline (no GPU needed to check it).
     cargo check -p rfgen-cli --features cuda
     ;;
+  wasm)
+    # The core and the backends compile for the browser (Debian rustc-web + build-std).
+    need_apt rustc-web cargo-web rust-web-src lld
+    RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=${WASM_TARGET_DIR:-$ROOT/target/wasm} \
+      /usr/bin/cargo build --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort \
+      -p rfgen-backends --no-default-features --features ndarray,wgpu
+    ;;
   run)
     setup
     cargo build --release -p rfgen-cli
@@ -57,7 +64,7 @@ case "${1:-run}" in
     fi
     ;;
   *)
-    echo "usage: $0 [run|test|setup]" >&2
+    echo "usage: $0 [run|test|setup|wasm]" >&2
     exit 2
     ;;
 esac

@@ -163,7 +163,8 @@ pub fn convert<B: Backend>(
     for (name, shape) in &expected {
         let values = weights.read_f32(name).expect("validated").expect("validated");
         parameters += values.len() as u64;
-        let linear = shape.len() == 2 && name.ends_with(".weight") && !name.ends_with("embed_tokens.weight");
+        // Linear weights and token embedding tables (both [rows, features]).
+        let linear = shape.len() == 2 && name.ends_with(".weight");
         match (opts.quant, linear) {
             (Some(scheme), true) => {
                 let q = quantize(name, &values, shape[0], shape[1], scheme)?;
@@ -208,7 +209,7 @@ pub fn convert<B: Backend>(
             QuantScheme::Int8 => None,
             QuantScheme::Int4 { group } => Some(group),
         },
-        applies_to: "2-D linear weights (X.weight codes + X.weight_scale); symmetric, int8 one scale per output channel (f32), int4 one f16 scale per group".into(),
+        applies_to: "2-D weights: linear layers and token embeddings (X.weight codes + X.weight_scale); symmetric, int8 one f32 scale per row, int4 one f16 scale per group".into(),
     });
     let manifest = Manifest {
         format: "rfgen".into(),

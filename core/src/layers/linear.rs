@@ -57,22 +57,38 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// Token embedding table `[vocab, hidden]`.
+/// Token embedding table `[vocab, hidden]`, dense or quantized (rows dequantized on lookup).
 #[derive(Module, Debug)]
 pub struct Embedding<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: LinearWeight<B>,
 }
 
 impl<B: Backend> Embedding<B> {
     pub fn load(vb: &VarBuilder<B>, vocab: usize, hidden: usize) -> Self {
-        Self { weight: vb.param("weight", [vocab, hidden]) }
+        let weight = match vb.quantized("weight", vocab, hidden).and_then(|q| QuantWeight::from_quantized(&q, vb.device())) {
+            Some(q) => LinearWeight::Quant(q),
+            None => LinearWeight::Dense(vb.param("weight", [vocab, hidden])),
+        };
+        Self { weight }
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.weight.dims()[0]
+    /// The whole `[vocab, hidden]` table (e.g. for a tied LM head).
+    pub fn table(&self) -> Tensor<B, 2> {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.val(),
+            LinearWeight::Quant(q) => q.dequantize(),
+        }
     }
 
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        burn::tensor::module::embedding(self.weight.val(), ids)
+        match &self.weight {
+            LinearWeight::Dense(w) => burn::tensor::module::embedding(w.val(), ids),
+            LinearWeight::Quant(q) => {
+                let [b, t] = ids.dims();
+                let rows = q.select_rows(ids.reshape([b * t])).dequantize();
+                let h = rows.dims()[1];
+                rows.reshape([b, t, h])
+            }
+        }
     }
 }

@@ -145,7 +145,7 @@ impl<B: Backend> Llama<B> {
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.weight.val().transpose().unsqueeze()),
+            None => hidden.matmul(self.embed_tokens.table().transpose().unsqueeze()),
         }
     }
 }

@@ -40,6 +40,16 @@ impl<B: Backend> QuantWeight<B> {
         self.words.dims()[0]
     }
 
+    /// The rows `ids` of the matrix, still quantized (embedding lookups).
+    pub fn select_rows(&self, ids: Tensor<B, 1, Int>) -> Self {
+        Self {
+            words: self.words.clone().select(0, ids.clone()),
+            scales: self.scales.clone().select(0, ids),
+            bits: self.bits,
+            d_in: self.d_in,
+        }
+    }
+
     /// The dense `[out, in]` weight.
     pub fn dequantize(&self) -> Tensor<B, 2> {
         let per_word = 32 / self.bits;
