@@ -146,3 +146,27 @@ fn saved_random_model_loads_and_samples_identically() {
         assert_eq!(x, y, "{arm}: loaded model differs from the one that was saved");
     }
 }
+
+#[test]
+fn prefix_cache_equals_full_recomputation() {
+    use rfgen_core::sampler::VelocityModel;
+    let device = Default::default();
+    for arm in ARMS {
+        let config = preset(&format!("{arm}-tiny")).unwrap().config();
+        let model = FlowGenerator::<Cpu>::build(&VarBuilder::random(8, &device), &config);
+        // Prompts of different lengths: left padding and masked pads in the cached prefix.
+        let ids = vec![vec![1, 40, 41, 42, 43, 44, 2], vec![1, 50, 2]];
+        let batch = PromptBatch::new(&ids, 0).unwrap();
+        let mut cached = model.prepare(&batch, &device);
+        let mut full = model.prepare(&batch, &device);
+        full.use_prefix_cache = false;
+        let mut r = Report::default();
+        for (step, t) in [0.0f32, 250.0, 500.0].into_iter().enumerate() {
+            let z = Tensor::<Cpu, 4>::from_data(TensorData::new(rfgen_core::noise::gaussian(step as u64, 4 * 4 * 64), [4, 4, 8, 8]), &device);
+            let a = to_vec(&model.velocity(z.clone(), &[t; 4], &mut cached));
+            let b = to_vec(&model.velocity(z, &[t; 4], &mut full));
+            r.compare(&format!("{arm} step {step}: cached vs full"), &a, &b, 1e-5, None);
+        }
+        r.finish(arm);
+    }
+}

@@ -6,7 +6,7 @@ use crate::checkpoint::{VarBuilder, Weights};
 use crate::error::Result;
 use crate::janusflow::{ShallowUViTDecoder, ShallowUViTEncoder};
 use crate::layers::{Linear, RmsNorm};
-use crate::llama::{attention_mask, Llama};
+use crate::llama::{attention_mask, KvCache, Llama};
 use crate::sampler::{PromptBatch, VelocityModel};
 
 /// Checkpoint tensors of the released JanusFlow that text-to-image does not use.
@@ -91,6 +91,11 @@ pub struct GeneratorCond<B: Backend> {
     pub prefix: Tensor<B, 3>,
     pub key_visible: Vec<Vec<bool>>,
     masks: Option<Masks<B>>,
+    /// Keys/values and outputs of the prompt prefix, computed once (UViT encoder only: its
+    /// prefix is the prompt embeddings, which no Euler step changes).
+    prefix_cache: Option<(KvCache<B>, Tensor<B, 3>)>,
+    /// Reuse the prompt prefix across steps (exact under the causal mask); on by default.
+    pub use_prefix_cache: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +106,9 @@ struct Masks<B: Backend> {
     image_text: Tensor<B, 4, Bool>,
     /// `[2B, 1, 1, P + n]`: keys of [text, image] hidden in the single-stream decoder.
     text_image: Tensor<B, 4, Bool>,
+    /// `[2B, 1, P, P]` and `[2B, 1, 1 + n, P + 1 + n]`: the LLM mask split at the prefix.
+    llm_prefix: Tensor<B, 4, Bool>,
+    llm_suffix: Tensor<B, 4, Bool>,
 }
 
 impl<B: Backend> GeneratorCond<B> {
@@ -120,6 +128,8 @@ impl<B: Backend> GeneratorCond<B> {
         let m = Masks {
             n_img,
             llm: attention_mask::<B>(Some(&visible), rows, 0, seq, device),
+            llm_prefix: attention_mask::<B>(Some(&self.key_visible), rows, 0, p, device),
+            llm_suffix: attention_mask::<B>(Some(&visible), rows, p, 1 + n_img, device),
             image_text: keys(&|r| std::iter::repeat(true).take(n_img).chain(r.iter().copied()).collect()),
             text_image: keys(&|r| r.iter().copied().chain(std::iter::repeat(true).take(n_img)).collect()),
         };
@@ -213,9 +223,23 @@ impl<B: Backend> FlowGenerator<B> {
             }
         };
 
-        let inputs = Tensor::cat(vec![text, t_emb.clone().unsqueeze_dim(1), tokens.clone()], 1);
+        let inputs = Tensor::cat(vec![text.clone(), t_emb.clone().unsqueeze_dim(1), tokens.clone()], 1);
         let [b, seq, _] = inputs.dims();
-        let hidden = self.language_model.forward_embeds(inputs.clone(), Some(masks.llm.clone()), None, false).last_hidden_state;
+        let cacheable = cond.use_prefix_cache && matches!(self.encoder, GenEncoder::Uvit(_)) && trace.is_none();
+        let hidden = if cacheable {
+            let llm = &self.language_model;
+            let (cache, prefix_out) = cond.prefix_cache.get_or_insert_with(|| {
+                let mut cache = KvCache::new(llm.config.num_hidden_layers);
+                let out = llm.forward_embeds(text, Some(masks.llm_prefix.clone()), Some(&mut cache), false);
+                (cache, out.last_hidden_state)
+            });
+            let mut step_cache = cache.clone();
+            let suffix = inputs.clone().slice([0..b, p..seq, 0..inputs.dims()[2]]);
+            let out = llm.forward_embeds(suffix, Some(masks.llm_suffix.clone()), Some(&mut step_cache), false);
+            Tensor::cat(vec![prefix_out.clone(), out.last_hidden_state], 1)
+        } else {
+            self.language_model.forward_embeds(inputs.clone(), Some(masks.llm.clone()), None, false).last_hidden_state
+        };
         let h = hidden.dims()[2];
         let img = hidden.clone().slice([0..b, seq - n_img..seq, 0..h]);
 
@@ -272,7 +296,13 @@ impl<B: Backend> VelocityModel<B> for FlowGenerator<B> {
         let (rows, p) = (batch.ids.len(), batch.prefix_len());
         let flat: Vec<i64> = batch.ids.iter().flat_map(|r| r[..p].iter().map(|&x| x as i64)).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows, p]), device);
-        GeneratorCond { prefix: self.language_model.embed(ids), key_visible: batch.prefix_visible.clone(), masks: None }
+        GeneratorCond {
+            prefix: self.language_model.embed(ids),
+            key_visible: batch.prefix_visible.clone(),
+            masks: None,
+            prefix_cache: None,
+            use_prefix_cache: true,
+        }
     }
 
     fn velocity(&self, z: Tensor<B, 4>, t: &[f32], cond: &mut Self::Cond) -> Tensor<B, 4> {
