@@ -129,27 +129,11 @@ fn single<B: Backend>(dir: &Path, device: &B::Device) -> Report {
 }
 
 fn run_kind(kind: FixtureKind, backend: BackendKind) {
-    let mut failures = Vec::new();
-    for dir in fixture_dirs_checked(kind) {
-        let name = format!("{} on {backend}", dir.display());
-        let result = match kind {
-            FixtureKind::MmditBlock => run(backend, MmditParity(dir.clone())),
-            FixtureKind::SingleStreamBlock => run(backend, SingleParity(dir.clone())),
-            _ => unreachable!(),
-        };
-        match result {
-            Ok(report) => {
-                for l in &report.lines {
-                    eprintln!("[{name}] {l}");
-                }
-                if !report.failures.is_empty() {
-                    failures.push(format!("{name}:\n  {}", report.failures.join("\n  ")));
-                }
-            }
-            Err(e) => failures.push(format!("{name}: {e}")),
-        }
-    }
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    run_parity(kind, backend.name(), |dir| match kind {
+        FixtureKind::MmditBlock => run(backend, MmditParity(dir)),
+        FixtureKind::SingleStreamBlock => run(backend, SingleParity(dir)),
+        _ => unreachable!(),
+    });
 }
 
 #[test]

@@ -164,6 +164,26 @@ impl Report {
     }
 }
 
+/// Runs `check` on every fixture folder of `kind` and fails listing every folder's failures.
+pub fn run_parity(kind: FixtureKind, backend: &str, check: impl Fn(PathBuf) -> rfgen_core::Result<Report>) {
+    let mut failures = Vec::new();
+    for dir in fixture_dirs_checked(kind) {
+        let name = format!("{} on {backend}", dir.display());
+        match check(dir) {
+            Ok(report) => {
+                for l in &report.lines {
+                    eprintln!("[{name}] {l}");
+                }
+                if !report.failures.is_empty() {
+                    failures.push(format!("{name}:\n  {}", report.failures.join("\n  ")));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+}
+
 /// A small word-level tokenizer.json in the shape of JanusFlow's: BOS and the begin-of-generation
 /// tag as special tokens, BOS added by the post-processor when `add_bos` is true.
 pub fn tiny_tokenizer_json(bos: u32, bog: u32, words: &[(&str, u32)], add_bos: bool) -> String {
