@@ -13,20 +13,21 @@ pub struct JointAttention<B: Backend> {
     pub to_q: Linear<B>,
     pub to_k: Linear<B>,
     pub to_v: Linear<B>,
-    pub norm_q: QkNorm<B>,
-    pub norm_k: QkNorm<B>,
+    pub norm_q: Option<QkNorm<B>>,
+    pub norm_k: Option<QkNorm<B>>,
     pub add_q_proj: Linear<B>,
     pub add_k_proj: Linear<B>,
     pub add_v_proj: Linear<B>,
-    pub norm_added_q: QkNorm<B>,
-    pub norm_added_k: QkNorm<B>,
+    pub norm_added_q: Option<QkNorm<B>>,
+    pub norm_added_k: Option<QkNorm<B>>,
     pub to_out: Linear<B>,
     pub to_add_out: Option<Linear<B>>,
     pub heads: usize,
 }
 
 impl<B: Backend> JointAttention<B> {
-    pub fn load(vb: &VarBuilder<B>, dim: usize, heads: usize, head_dim: usize, context_pre_only: bool) -> Self {
+    /// `qk_norm`: per-head RMSNorm on queries and keys (diffusers `qk_norm="rms_norm"`).
+    pub fn load(vb: &VarBuilder<B>, dim: usize, heads: usize, head_dim: usize, context_pre_only: bool, qk_norm: bool) -> Self {
         let inner = heads * head_dim;
         let lin = |name: &str, i: usize, o: usize| Linear::load(&vb.pp(name), i, o, true);
         let norm = |name: &str| QkNorm::load(&vb.pp(name), head_dim, 1e-6);
@@ -34,13 +35,13 @@ impl<B: Backend> JointAttention<B> {
             to_q: lin("to_q", dim, inner),
             to_k: lin("to_k", dim, inner),
             to_v: lin("to_v", dim, inner),
-            norm_q: norm("norm_q"),
-            norm_k: norm("norm_k"),
+            norm_q: qk_norm.then(|| norm("norm_q")),
+            norm_k: qk_norm.then(|| norm("norm_k")),
             add_q_proj: lin("add_q_proj", dim, inner),
             add_k_proj: lin("add_k_proj", dim, inner),
             add_v_proj: lin("add_v_proj", dim, inner),
-            norm_added_q: norm("norm_added_q"),
-            norm_added_k: norm("norm_added_k"),
+            norm_added_q: qk_norm.then(|| norm("norm_added_q")),
+            norm_added_k: qk_norm.then(|| norm("norm_added_k")),
             to_out: Linear::load(&vb.pp("to_out").pp(0), inner, dim, true),
             to_add_out: (!context_pre_only).then(|| lin("to_add_out", inner, dim)),
             heads,
@@ -59,15 +60,15 @@ impl<B: Backend> JointAttention<B> {
         let n = x.dims()[1];
         let q = Tensor::cat(
             vec![
-                self.norm_q.forward(split_heads(self.to_q.forward(x.clone()), h)),
-                self.norm_added_q.forward(split_heads(self.add_q_proj.forward(c.clone()), h)),
+                normed(&self.norm_q, split_heads(self.to_q.forward(x.clone()), h)),
+                normed(&self.norm_added_q, split_heads(self.add_q_proj.forward(c.clone()), h)),
             ],
             2,
         );
         let k = Tensor::cat(
             vec![
-                self.norm_k.forward(split_heads(self.to_k.forward(x.clone()), h)),
-                self.norm_added_k.forward(split_heads(self.add_k_proj.forward(c.clone()), h)),
+                normed(&self.norm_k, split_heads(self.to_k.forward(x.clone()), h)),
+                normed(&self.norm_added_k, split_heads(self.add_k_proj.forward(c.clone()), h)),
             ],
             2,
         );
@@ -77,6 +78,13 @@ impl<B: Backend> JointAttention<B> {
         let img = self.to_out.forward(out.clone().slice([0..b, 0..n, 0..w]));
         let ctx = self.to_add_out.as_ref().map(|proj| proj.forward(out.slice([0..b, n..s, 0..w])));
         (img, ctx)
+    }
+}
+
+fn normed<B: Backend>(norm: &Option<QkNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x,
     }
 }
 
@@ -99,7 +107,15 @@ pub struct JointTransformerBlock<B: Backend> {
 
 impl<B: Backend> JointTransformerBlock<B> {
     /// `cond`: width of the conditioning vector `temb` (= `dim` in SD3).
-    pub fn load(vb: &VarBuilder<B>, dim: usize, heads: usize, head_dim: usize, cond: usize, context_pre_only: bool) -> Self {
+    pub fn load(
+        vb: &VarBuilder<B>,
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        cond: usize,
+        context_pre_only: bool,
+        qk_norm: bool,
+    ) -> Self {
         let norm1_context = if context_pre_only {
             ContextNorm::Continuous(AdaLayerNormContinuous::load(&vb.pp("norm1_context"), dim, cond))
         } else {
@@ -108,7 +124,7 @@ impl<B: Backend> JointTransformerBlock<B> {
         Self {
             norm1: AdaLayerNormZero::load(&vb.pp("norm1"), dim, cond),
             norm1_context,
-            attn: JointAttention::load(&vb.pp("attn"), dim, heads, head_dim, context_pre_only),
+            attn: JointAttention::load(&vb.pp("attn"), dim, heads, head_dim, context_pre_only, qk_norm),
             ff: FeedForward::load(&vb.pp("ff"), dim, 4 * dim),
             ff_context: (!context_pre_only).then(|| FeedForward::load(&vb.pp("ff_context"), dim, 4 * dim)),
         }

@@ -33,6 +33,7 @@ impl<B: Backend> MmditEncoder<B> {
                     c.attention_head_dim,
                     hidden,
                     false,
+                    true,
                 )
             })
             .collect();
