@@ -3,6 +3,8 @@
 #   ./build.sh          set up, build the release CLI and run the main job (a sample image)
 #   ./build.sh test     set up and run every test (what CI runs)
 #   ./build.sh setup    only install what this machine lacks
+#   ./build.sh wasm     build the browser package (www/pkg) and the demo models
+#   ./build.sh serve    serve the demo page on 127.0.0.1 (PORT, default 8080)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -30,6 +32,39 @@ setup() {
   need_apt libvulkan1 mesa-vulkan-drivers
 }
 
+WASM_BINDGEN_VERSION=0.2.130   # = the wasm-bindgen crate in Cargo.lock
+
+setup_wasm() {
+  # Debian's rustc-web (1.96) builds std for wasm32 (rustup has no wasm target here).
+  need_apt rustc-web cargo-web rust-web-src rust-web-llvm lld-22
+  if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
+    log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+  fi
+}
+
+# rfgen-web for wasm32 → www/pkg, and the demo models next to the page.
+build_web() {
+  local tdir=${CARGO_TARGET_DIR:-$ROOT/target}/wasm
+  RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$tdir \
+    /usr/bin/cargo build --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort -p rfgen-web
+  wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir www/pkg \
+    "$tdir/wasm32-unknown-unknown/release/rfgen_web.wasm"
+  log "wasm: $(stat -c %s www/pkg/rfgen_web_bg.wasm) bytes ($(gzip -c www/pkg/rfgen_web_bg.wasm | wc -c) gzipped)"
+  assemble_models
+}
+
+# Until rfgen ships a trained default model, the page runs the both-tiny preset (random weights,
+# seed 1) with the reference VAE fixture.
+assemble_models() {
+  local cli=${RFGEN_CLI:-}
+  if [ -z "$cli" ]; then cargo build -p rfgen-cli; cli=${CARGO_TARGET_DIR:-$ROOT/target}/debug/rfgen-cli; fi
+  local src=${CARGO_TARGET_DIR:-$ROOT/target}/www-src
+  "$cli" init --preset both-tiny --seed 1 --out "$src/default" --force
+  "$cli" convert --from "$src/default" --to www/models/default --force
+  "$cli" convert --from "$FIXTURES/vae_tiny" --to www/models/vae --force
+}
+
 case "${1:-run}" in
   setup)
     setup
@@ -41,13 +76,22 @@ case "${1:-run}" in
     cargo test --workspace --no-fail-fast -- --test-threads=2
     # The cuda backend must keep compiling offline (no GPU needed to check it).
     cargo check -p rfgen-cli --features cuda
+    # The browser: wasm build, then the page in headless Chromium against the native CLI.
+    setup_wasm
+    need_apt chromium
+    export RFGEN_CLI=${CARGO_TARGET_DIR:-$ROOT/target}/debug/rfgen-cli
+    build_web
+    (cd tests/browser && npm install --no-audit --no-fund --silent)
+    node tests/browser/e2e.mjs
     ;;
   wasm)
-    # The core and the backends compile for the browser (Debian rustc-web + build-std).
-    need_apt rustc-web cargo-web rust-web-src lld
-    RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=${WASM_TARGET_DIR:-$ROOT/target/wasm} \
-      /usr/bin/cargo build --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort \
-      -p rfgen-backends --no-default-features --features ndarray,wgpu
+    setup_wasm
+    build_web
+    ;;
+  serve)
+    [ -f www/pkg/rfgen_web_bg.wasm ] || { setup_wasm; build_web; }
+    log "serving www/ on http://127.0.0.1:${PORT:-8080}/"
+    exec python3 -m http.server "${PORT:-8080}" --bind 127.0.0.1 --directory www
     ;;
   run)
     setup
@@ -64,7 +108,7 @@ case "${1:-run}" in
     fi
     ;;
   *)
-    echo "usage: $0 [run|test|setup|wasm]" >&2
+    echo "usage: $0 [run|test|setup|wasm|serve]" >&2
     exit 2
     ;;
 esac

@@ -107,6 +107,20 @@ impl<B: Backend> Pipeline<B> {
         Self::assemble(model, config.generation.clone(), None, vae, device)
     }
 
+    /// A generator from weights already in memory (the browser fetches them itself).
+    pub fn from_parts(
+        config: &GeneratorConfig,
+        weights: &Weights,
+        generation: GenerationConfig,
+        tokenizer_json: Option<Vec<u8>>,
+        vae: Option<VaeFiles>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate("config")?;
+        let model = FlowGenerator::load(weights, config, device)?;
+        Self::assemble(model, generation.or(&config.generation), tokenizer_json, vae, device)
+    }
+
     fn assemble(
         model: FlowGenerator<B>,
         gen: GenerationConfig,

@@ -147,10 +147,68 @@ pub fn check_inputs<B: Backend, M: VelocityModel<B>>(model: &M, batch: &PromptBa
     Ok(())
 }
 
-/// Runs the Euler-CFG loop from `z0` and returns the final latent `z1: [B, c, h, w]`.
+/// The Euler-CFG loop one step at a time (the browser awaits between steps).
 ///
 /// Each step: `t = step / N * 1000` for all 2B rows, `v = w v_cond - (w - 1) v_uncond`,
 /// `z += v / N`.
+pub struct EulerCfg<'m, B: Backend, M: VelocityModel<B>> {
+    model: &'m M,
+    cond: M::Cond,
+    z: Tensor<B, 4>,
+    step: usize,
+    steps: usize,
+    cfg: f32,
+}
+
+/// One step's velocities.
+pub struct StepOutput<B: Backend> {
+    pub step: usize,
+    pub t: f32,
+    pub v_cond: Tensor<B, 4>,
+    pub v_uncond: Tensor<B, 4>,
+    pub v_cfg: Tensor<B, 4>,
+}
+
+impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
+    pub fn new(model: &'m M, batch: &PromptBatch, z0: Tensor<B, 4>, config: &SampleConfig) -> Result<Self> {
+        config.validate()?;
+        check_inputs(model, batch, z0.dims())?;
+        let cond = model.prepare(batch, &z0.device());
+        Ok(Self { model, cond, z: z0, step: 0, steps: config.steps, cfg: config.cfg as f32 })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.steps
+    }
+
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The current latent.
+    pub fn latent(&self) -> &Tensor<B, 4> {
+        &self.z
+    }
+
+    /// Runs the next step; `None` once all steps are done.
+    pub fn step(&mut self) -> Option<StepOutput<B>> {
+        if self.is_done() {
+            return None;
+        }
+        let [b, c, h, w] = self.z.dims();
+        let (step, n) = (self.step, self.steps);
+        let t = (step as f64 / n as f64 * 1000.0) as f32;
+        let v = self.model.velocity(Tensor::cat(vec![self.z.clone(), self.z.clone()], 0), &vec![t; 2 * b], &mut self.cond);
+        let v_cond = v.clone().slice([0..b, 0..c, 0..h, 0..w]);
+        let v_uncond = v.slice([b..2 * b, 0..c, 0..h, 0..w]);
+        let v_cfg = v_cond.clone().mul_scalar(self.cfg) - v_uncond.clone().mul_scalar(self.cfg - 1.0);
+        self.z = self.z.clone() + v_cfg.clone().mul_scalar(1.0f32 / n as f32);
+        self.step += 1;
+        Some(StepOutput { step, t, v_cond, v_uncond, v_cfg })
+    }
+}
+
+/// Runs the whole Euler-CFG loop from `z0` and returns the final latent `z1: [B, c, h, w]`.
 pub fn sample<B: Backend, M: VelocityModel<B>>(
     model: &M,
     batch: &PromptBatch,
@@ -158,24 +216,17 @@ pub fn sample<B: Backend, M: VelocityModel<B>>(
     config: &SampleConfig,
     mut on_step: impl FnMut(&StepEvent<B>),
 ) -> Result<Tensor<B, 4>> {
-    config.validate()?;
-    check_inputs(model, batch, z0.dims())?;
-    let device = z0.device();
-    let [b, c, h, w] = z0.dims();
-    let mut cond = model.prepare(batch, &device);
-    let n = config.steps;
-    let dt = 1.0f32 / n as f32;
-    let w_cfg = config.cfg as f32;
-    let mut z = z0;
-    for step in 0..n {
-        let t = (step as f64 / n as f64 * 1000.0) as f32;
-        let ts = vec![t; 2 * b];
-        let v = model.velocity(Tensor::cat(vec![z.clone(), z.clone()], 0), &ts, &mut cond);
-        let v_cond = v.clone().slice([0..b, 0..c, 0..h, 0..w]);
-        let v_uncond = v.slice([b..2 * b, 0..c, 0..h, 0..w]);
-        let v_cfg = v_cond.clone().mul_scalar(w_cfg) - v_uncond.clone().mul_scalar(w_cfg - 1.0);
-        z = z + v_cfg.clone().mul_scalar(dt);
-        on_step(&StepEvent { step, steps: n, t, v_cond: &v_cond, v_uncond: &v_uncond, v_cfg: &v_cfg, z: &z });
+    let mut euler = EulerCfg::new(model, batch, z0, config)?;
+    while let Some(o) = euler.step() {
+        on_step(&StepEvent {
+            step: o.step,
+            steps: euler.steps(),
+            t: o.t,
+            v_cond: &o.v_cond,
+            v_uncond: &o.v_uncond,
+            v_cfg: &o.v_cfg,
+            z: euler.latent(),
+        });
     }
-    Ok(z)
+    Ok(euler.z)
 }
