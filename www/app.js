@@ -68,6 +68,7 @@ async function generate() {
       cfg: Number($("cfg").value),
       seed: Number($("seed").value),
       onStep: (step, total, t, rgba, w, h) => {
+        result.step = step;
         $("progress").value = step;
         $("status").textContent = `Step ${step}/${total} (t = ${t.toFixed(0)})`;
         draw($("preview"), rgba, w, h);
@@ -81,7 +82,13 @@ async function generate() {
     $("download").hidden = false;
     result.output = { latent: Array.from(out.latent), latentShape: out.latentShape, image: out.image ? Array.from(out.image) : null, msPerStep: out.msPerStep, totalMs: out.totalMs };
   } catch (e) {
-    fail(String(e && e.message ? e.message : e));
+    const message = String(e && e.message ? e.message : e);
+    if (message === "cancelled") {
+      $("status").textContent = "Cancelled.";
+      result.cancelled = true;
+    } else {
+      fail(message);
+    }
   } finally {
     $("generate").disabled = false;
     $("cancel").disabled = true;

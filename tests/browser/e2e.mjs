@@ -65,8 +65,8 @@ const baseArgs = ["--no-sandbox", "--disable-gpu-sandbox", "--no-first-run", "--
 const webgpuArgs = ["--enable-unsafe-webgpu", "--enable-features=Vulkan,WebGPU", "--use-vulkan=swiftshader",
   "--use-webgpu-adapter=swiftshader"];
 
-async function runPage(browser, query, timeout = 900_000) {
-  const page = await browser.newPage();
+async function runPage(browser, query, timeout = 900_000, context = null) {
+  const page = await (context || browser).newPage();
   page.on("console", (m) => { if (m.type() === "error") console.log(`  [page] ${m.text()}`); });
   await page.goto(`${base}/?${query}`);
   await page.waitForFunction(() => window.rfgen && (window.rfgen.output || window.rfgen.error), null, { timeout, polling: 500 });
@@ -102,6 +102,26 @@ try {
       if (mode === "webgpu" && process.env.RFGEN_SCREENSHOT) await page.screenshot({ path: process.env.RFGEN_SCREENSHOT, fullPage: true });
     }
     if (mode === "webgpu") {
+      // A second visit in the same browser profile takes the shards from the Cache API.
+      const context = await browser.newContext();
+      const first = await runPage(browser, query, 900_000, context);
+      const shardRequests = [];
+      const again = await context.newPage();
+      again.on("request", (r) => { if (r.url().endsWith(".safetensors")) shardRequests.push(r.url()); });
+      await again.goto(`${base}/?prompt=x`);
+      await again.waitForFunction(() => window.rfgen && (window.rfgen.ready || window.rfgen.error), null, { timeout: 120_000 });
+      check(!first.state.error && shardRequests.length === 0, `reload: ${shardRequests.length} shard downloads (cached)`);
+
+      // Cancel after the first step.
+      await again.fill("#steps", "50");
+      await again.click("#generate");
+      await again.waitForFunction(() => window.rfgen.step >= 1, null, { timeout: 300_000 });
+      await again.click("#cancel");
+      await again.waitForFunction(() => window.rfgen.cancelled || window.rfgen.error, null, { timeout: 300_000 });
+      const cancelled = await again.evaluate(() => ({ cancelled: window.rfgen.cancelled, step: window.rfgen.step, status: document.getElementById("status").textContent }));
+      check(cancelled.cancelled && cancelled.step < 50 && cancelled.status === "Cancelled.", `cancel stops the loop (${JSON.stringify(cancelled)})`);
+      await context.close();
+
       for (const [model, needle] of [["models/test-bad-sha/manifest.json", "sha256"],
                                      ["models/test-missing-shard/manifest.json", "missing"],
                                      [`http://127.0.0.1:1/manifest.json`, "manifest"]]) {
