@@ -1,6 +1,6 @@
 //! Checkpoint formats: f16 / bf16 stored tensors and HF sharded indexes load and sample like f32.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::NdArray;
 use rfgen_core::checkpoint::{load_weights_dir, StoredDtype};
@@ -10,13 +10,6 @@ use rfgen_tests::*;
 use safetensors::Dtype;
 
 type B = NdArray<f32>;
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rfgen-ckpt-test-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// `(name, shape, f32 data)` of every tensor in a safetensors file.
 fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
@@ -75,7 +68,7 @@ fn half_precision_checkpoints_load_and_sample() {
         let io = read_io(&fixture.join("io.safetensors"));
         let ts = tensors(&fixture.join("weights.safetensors"));
         for (dtype, stored, tol) in [(Dtype::F16, StoredDtype::F16, 2e-2f32), (Dtype::BF16, StoredDtype::BF16, 1e-1)] {
-            let dir = tempdir(&format!("{dtype:?}"));
+            let dir = tempdir(&format!("ckpt-{dtype:?}"));
             copy_configs(&fixture, &dir);
             write(&dir.join("model.safetensors"), &ts, dtype);
             let w = load_weights_dir(&dir).unwrap();
@@ -102,7 +95,7 @@ fn sharded_index_loads_like_one_file() {
     for fixture in fixture_dirs_checked(FixtureKind::JanusFlow) {
         let io = read_io(&fixture.join("io.safetensors"));
         let ts = tensors(&fixture.join("weights.safetensors"));
-        let dir = tempdir("sharded");
+        let dir = tempdir("ckpt-sharded");
         copy_configs(&fixture, &dir);
         let half = ts.len() / 2;
         let shards = [("model-00001-of-00002.safetensors", &ts[..half]), ("model-00002-of-00002.safetensors", &ts[half..])];

@@ -8,13 +8,6 @@ use safetensors::Dtype;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rfgen-cli");
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rfgen-cli-test-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Writes f32 tensors `(name, shape, data)` to a safetensors file.
 fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
@@ -94,7 +87,7 @@ fn write_noise(f: &Fixture, dir: &Path) -> PathBuf {
 fn end_to_end(backend: &str) {
     let vaes = fixture_dirs(FixtureKind::Vae);
     for (k, f) in janusflow_fixtures().iter().enumerate() {
-        let tmp = tempdir(&format!("e2e-{backend}-{k}"));
+        let tmp = tempdir(&format!("cli-e2e-{backend}-{k}"));
         let noise = write_noise(f, &tmp);
         let dump = tmp.join("out.safetensors");
         let out = sample_cmd(f, &f.dir, &noise, backend).arg("--dump").arg(&dump).output().unwrap();
@@ -178,7 +171,7 @@ fn broken_model(f: &Fixture, tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<
 fn bad_inputs_give_one_line_errors() {
     let fixtures = janusflow_fixtures();
     let f = &fixtures[0];
-    let tmp = tempdir("bad");
+    let tmp = tempdir("cli-bad");
     let noise = write_noise(f, &tmp);
     let dump = tmp.join("d.safetensors");
     let base = |model: &Path| {
@@ -189,7 +182,7 @@ fn bad_inputs_give_one_line_errors() {
 
     expect_error(&mut base(&tmp.join("no-such-model")), "does not exist");
 
-    let truncated = tempdir("truncated");
+    let truncated = tempdir("cli-truncated");
     for name in ["config.json", "generation.json"] {
         std::fs::copy(f.dir.join(name), truncated.join(name)).unwrap();
     }
@@ -258,7 +251,7 @@ fn prompt_through_tokenizer_equals_token_ids() {
         // Word ids that are not special tokens.
         let free: Vec<u32> = (5..).filter(|i| ![bos, bog, pad].contains(i)).take(5).collect();
         let words = [("User", free[0]), (":", free[1]), ("Assistant", free[2]), ("red", free[3]), ("apple", free[4])];
-        let tmp = tempdir(&format!("prompt-{k}"));
+        let tmp = tempdir(&format!("cli-prompt-{k}"));
         for name in ["config.json", "generation.json", "weights.safetensors"] {
             std::fs::copy(f.dir.join(name), tmp.join(name)).unwrap();
         }
@@ -312,7 +305,7 @@ fn models_lists_presets_with_parameter_counts() {
 
 #[test]
 fn presets_sample_with_random_weights_and_round_trip_through_init() {
-    let tmp = tempdir("presets");
+    let tmp = tempdir("cli-presets");
     let noise = tmp.join("z0.safetensors");
     write_f32(&noise, &[("z0".into(), vec![4, 8, 8], rfgen_core::noise::gaussian(1, 256))]);
     for arm in ["baseline", "encoder", "decoder", "both"] {

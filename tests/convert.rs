@@ -1,20 +1,13 @@
 //! `rfgen-cli convert → inspect → sample` for every dtype and quantization on the fixture models
 //! (ndarray and wgpu), and the bad inputs of conversion.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use rfgen_core::image::psnr;
 use rfgen_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rfgen-cli");
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rfgen-convert-test-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn cli(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -67,7 +60,7 @@ fn sample_dump(model: &Path, vae: &Path, ids: &str, noise: &Path, backend: &str,
 fn convert_inspect_sample_round_trip() {
     let vae = fixture_dirs_checked(FixtureKind::Vae).into_iter().next().expect("a VAE fixture");
     for (k, model) in fixture_dirs_checked(FixtureKind::JanusFlow).iter().enumerate() {
-        let tmp = tempdir(&format!("rt{k}"));
+        let tmp = tempdir(&format!("convert-rt{k}"));
         let io = read_io(&model.join("io.safetensors"));
         let ids = &io["input_ids"];
         let len = ids.shape[1];
@@ -125,7 +118,7 @@ fn convert_inspect_sample_round_trip() {
 #[test]
 fn conversion_bad_inputs_are_clear_errors_and_leave_nothing() {
     let model = fixture_dirs_checked(FixtureKind::JanusFlow).into_iter().next().unwrap();
-    let tmp = tempdir("bad");
+    let tmp = tempdir("convert-bad");
     let m = model.to_str().unwrap();
     let to = tmp.join("out");
     let t = to.to_str().unwrap();

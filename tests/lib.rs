@@ -23,6 +23,14 @@ pub enum FixtureKind {
     SingleStreamBlock,
 }
 
+/// A fresh, empty directory under the system temp dir, unique to this process and `tag`.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rfgen-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The kind of a fixture folder, read from its config.json (folder names may be anything).
 pub fn fixture_kind(dir: &Path) -> Option<FixtureKind> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
