@@ -335,3 +335,24 @@ fn presets_sample_with_random_weights_and_round_trip_through_init() {
     expect_error(Command::new(BIN).args(["sample", "--preset", "both-tiny", "--prompt", "x", "--dump"]).arg(tmp.join("c")), "--init random");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn bench_reports_timings_split_and_flops_as_json() {
+    let tmp = tempdir("cli-bench");
+    let json = tmp.join("bench.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--preset", "baseline-tiny", "--steps", "2", "--runs", "1", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["s_per_image"].as_f64().unwrap() > 0.0 && v["steps_per_s"].as_f64().unwrap() > 0.0);
+    let flop = &v["flop_per_image"];
+    assert!(flop["llm"].as_f64().unwrap() > 0.0 && flop["total"].as_f64().unwrap() >= flop["llm"].as_f64().unwrap());
+    for part in ["llm", "encoder", "decoder"] {
+        assert!(v["split_seconds"][part].as_f64().unwrap() > 0.0, "{part}: {v}");
+    }
+    expect_error(Command::new(BIN).args(["bench", "--preset", "baseline-tiny", "--dtype", "f16"]), "f16");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

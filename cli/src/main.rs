@@ -1,5 +1,6 @@
 //! rfgen-cli: a thin shell over rfgen-core.
 
+mod bench;
 mod compare;
 mod convert;
 mod init;
@@ -34,6 +35,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Sample two models with the same prompts and noise; report latent differences and PSNR.
     Compare(compare::CompareArgs),
+    /// Time generation: s/image, steps/s, the split by component, FLOP and TFLOP/s, JSON.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -185,6 +185,11 @@ impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
         self.steps
     }
 
+    /// What the model prepared from the prompts (e.g. to attach a profiling hook).
+    pub fn cond_mut(&mut self) -> &mut M::Cond {
+        &mut self.cond
+    }
+
     /// The current latent.
     pub fn latent(&self) -> &Tensor<B, 4> {
         &self.z

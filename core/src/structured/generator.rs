@@ -86,7 +86,6 @@ pub struct StepTrace<B: Backend> {
 }
 
 /// Prepared once per generation: prompt embeddings `[2B, P, H]`, visibility, cached masks.
-#[derive(Debug, Clone)]
 pub struct GeneratorCond<B: Backend> {
     pub prefix: Tensor<B, 3>,
     pub key_visible: Vec<Vec<bool>>,
@@ -96,6 +95,9 @@ pub struct GeneratorCond<B: Backend> {
     prefix_cache: Option<(KvCache<B>, Tensor<B, 3>)>,
     /// Reuse the prompt prefix across steps (exact under the causal mask); on by default.
     pub use_prefix_cache: bool,
+    /// Called when each part of a velocity evaluation has been enqueued (profiling: the caller
+    /// synchronises the device and reads its clock).
+    pub on_stage: Option<Box<dyn FnMut(Component)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +114,12 @@ struct Masks<B: Backend> {
 }
 
 impl<B: Backend> GeneratorCond<B> {
+    fn stage(&mut self, c: Component) {
+        if let Some(f) = self.on_stage.as_mut() {
+            f(c);
+        }
+    }
+
     fn masks(&mut self, n_img: usize, device: &B::Device) -> Masks<B> {
         if let Some(m) = self.masks.as_ref().filter(|m| m.n_img == n_img) {
             return m.clone();
@@ -223,6 +231,7 @@ impl<B: Backend> FlowGenerator<B> {
             }
         };
 
+        cond.stage(Component::Encoder);
         let inputs = Tensor::cat(vec![text.clone(), t_emb.clone().unsqueeze_dim(1), tokens.clone()], 1);
         let [b, seq, _] = inputs.dims();
         let cacheable = cond.use_prefix_cache && matches!(self.encoder, GenEncoder::Uvit(_)) && trace.is_none();
@@ -240,6 +249,7 @@ impl<B: Backend> FlowGenerator<B> {
         } else {
             self.language_model.forward_embeds(inputs.clone(), Some(masks.llm.clone()), None, false).last_hidden_state
         };
+        cond.stage(Component::Llm);
         let h = hidden.dims()[2];
         let img = hidden.clone().slice([0..b, seq - n_img..seq, 0..h]);
 
@@ -259,6 +269,7 @@ impl<B: Backend> FlowGenerator<B> {
                 d.forward(text_out, img, skip, t_emb.clone(), grid, Some(&masks.text_image))
             }
         };
+        cond.stage(Component::Decoder);
         if let Some(slot) = trace {
             *slot = Some(StepTrace {
                 t_emb,
@@ -302,6 +313,7 @@ impl<B: Backend> VelocityModel<B> for FlowGenerator<B> {
             masks: None,
             prefix_cache: None,
             use_prefix_cache: true,
+            on_stage: None,
         }
     }
 

@@ -3,12 +3,14 @@
 //! ShallowUViT or a single-stream (Flux) stack over [LLM text outputs, LLM image outputs].
 
 mod config;
+mod flops;
 mod generator;
 mod mmdit_encoder;
 mod presets;
 mod single_stream_decoder;
 
 pub use config::{DecoderConfig, EncoderConfig, GeneratorConfig, MmditEncoderConfig, RopeConfig, SingleStreamDecoderConfig};
+pub use flops::{image_flops, vae_decode_flops, Flops};
 pub use generator::{Component, FlowGenerator, GenDecoder, GenEncoder, GeneratorCond, StepTrace, UNUSED_PREFIXES};
 pub use mmdit_encoder::MmditEncoder;
 pub use presets::{param_counts, preset, preset_names, Preset};
