@@ -232,26 +232,29 @@ impl<B: Backend> FlowGenerator<B> {
         };
 
         cond.stage(Component::Encoder);
-        let inputs = Tensor::cat(vec![text.clone(), t_emb.clone().unsqueeze_dim(1), tokens.clone()], 1);
-        let [b, seq, _] = inputs.dims();
+        // LLM over [text (P), time token, image tokens (n)]; under the causal mask the text part
+        // does not depend on the step, so with a UViT encoder its keys/values are computed once.
+        let suffix = Tensor::cat(vec![t_emb.clone().unsqueeze_dim(1), tokens.clone()], 1);
+        let [b, _, h] = suffix.dims();
         let cacheable = cond.use_prefix_cache && matches!(self.encoder, GenEncoder::Uvit(_)) && trace.is_none();
-        let hidden = if cacheable {
-            let llm = &self.language_model;
+        let llm = &self.language_model;
+        let (text_out, img, full) = if cacheable {
             let (cache, prefix_out) = cond.prefix_cache.get_or_insert_with(|| {
                 let mut cache = KvCache::new(llm.config.num_hidden_layers);
                 let out = llm.forward_embeds(text, Some(masks.llm_prefix.clone()), Some(&mut cache), false);
                 (cache, out.last_hidden_state)
             });
             let mut step_cache = cache.clone();
-            let suffix = inputs.clone().slice([0..b, p..seq, 0..inputs.dims()[2]]);
             let out = llm.forward_embeds(suffix, Some(masks.llm_suffix.clone()), Some(&mut step_cache), false);
-            Tensor::cat(vec![prefix_out.clone(), out.last_hidden_state], 1)
+            (prefix_out.clone(), out.last_hidden_state.slice([0..b, 1..1 + n_img, 0..h]), None)
         } else {
-            self.language_model.forward_embeds(inputs.clone(), Some(masks.llm.clone()), None, false).last_hidden_state
+            let inputs = Tensor::cat(vec![text, suffix], 1);
+            let hidden = llm.forward_embeds(inputs.clone(), Some(masks.llm.clone()), None, false).last_hidden_state;
+            let seq = p + 1 + n_img;
+            let parts = (hidden.clone().slice([0..b, 0..p, 0..h]), hidden.clone().slice([0..b, p + 1..seq, 0..h]));
+            (parts.0, parts.1, Some((inputs, hidden)))
         };
         cond.stage(Component::Llm);
-        let h = hidden.dims()[2];
-        let img = hidden.clone().slice([0..b, seq - n_img..seq, 0..h]);
 
         let mut dec_input = None;
         let v = match &self.decoder {
@@ -264,13 +267,10 @@ impl<B: Backend> FlowGenerator<B> {
                 dec_input = Some(x.clone());
                 d.vision_gen_dec_model.forward(x, skip_map, t_emb.clone())
             }
-            GenDecoder::SingleStream(d) => {
-                let text_out = hidden.clone().slice([0..b, 0..p, 0..h]);
-                d.forward(text_out, img, skip, t_emb.clone(), grid, Some(&masks.text_image))
-            }
+            GenDecoder::SingleStream(d) => d.forward(text_out, img, skip, t_emb.clone(), grid, Some(&masks.text_image)),
         };
         cond.stage(Component::Decoder);
-        if let Some(slot) = trace {
+        if let (Some(slot), Some((inputs, hidden))) = (trace, full) {
             *slot = Some(StepTrace {
                 t_emb,
                 enc_z_emb,
