@@ -232,6 +232,10 @@ fn bad_inputs_give_one_line_errors() {
     expect_error(&mut cmd, "patch size");
     assert!(!dump.exists(), "a failed run left {} behind", dump.display());
 
+    let mut huge = Command::new(BIN);
+    huge.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", &f.token_rows[0], "--size", "1000000"]).arg("--dump").arg(&dump);
+    expect_error(&mut huge, "larger than");
+
     let mut empty = Command::new(BIN);
     empty.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", ""]).arg("--dump").arg(&dump);
     expect_error(&mut empty, "token");

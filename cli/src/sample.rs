@@ -135,6 +135,10 @@ impl SampleTask {
                         if px == 0 || px % vae_factor != 0 {
                             bail!("--size {px} is not a positive multiple of the VAE factor {vae_factor}");
                         }
+                        let max = rfgen_core::sampler::MAX_LATENT_SIDE * vae_factor;
+                        if px > max {
+                            bail!("--size {px} is larger than the {max} pixels rfgen accepts");
+                        }
                         [px / vae_factor; 2]
                     }
                     None => pipe.default_latent_hw(),
