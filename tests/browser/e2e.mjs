@@ -122,6 +122,17 @@ try {
       check(cancelled.cancelled && cancelled.step < 50 && cancelled.status === "Cancelled.", `cancel stops the loop (${JSON.stringify(cancelled)})`);
       await context.close();
 
+      // A quantized (int8) conversion of the same model, in the browser and natively.
+      const q = path.join(www, "models/test-int8");
+      execFileSync(cli, ["convert", "--from", path.join(www, "models/default"), "--to", q, "--dtype", "f16", "--quant", "int8", "--force"]);
+      const qdump = path.join(os.tmpdir(), `rfgen-native-int8-${process.pid}.safetensors`);
+      execFileSync(cli, ["sample", "--model", q, "--vae", path.join(www, "models/vae"), "--prompt", prompt, "--seed", String(seed),
+        "--steps", String(steps), "--cfg", String(cfg), "--dump", qdump], { stdio: "ignore" });
+      const qnative = readSafetensors(qdump);
+      const { state: qs } = await runPage(browser, new URLSearchParams({ model: "models/test-int8/manifest.json", auto: "1", prompt, seed, steps, cfg }).toString());
+      const qdiff = qs.output ? maxDiff(qs.output.latent, qnative.z1) : Infinity;
+      check(!qs.error && qdiff <= 1e-3, `int8 model in the browser: latent within 1e-3 of native (max |diff| ${qdiff.toExponential(2)})`);
+
       for (const [model, needle] of [["models/test-bad-sha/manifest.json", "sha256"],
                                      ["models/test-missing-shard/manifest.json", "missing"],
                                      [`http://127.0.0.1:1/manifest.json`, "manifest"]]) {
@@ -134,7 +145,7 @@ try {
   }
 } finally {
   server.kill();
-  for (const name of ["bad-sha", "missing-shard"]) fs.rmSync(path.join(www, "models", `test-${name}`), { recursive: true, force: true });
+  for (const name of ["bad-sha", "missing-shard", "int8"]) fs.rmSync(path.join(www, "models", `test-${name}`), { recursive: true, force: true });
 }
 
 if (failures.length) {
