@@ -99,7 +99,7 @@ case "${1:-run}" in
     mkdir -p out
     # Until rfgen ships a trained default model, the main job samples the reference fixture model.
     if [ -d "$FIXTURES/janusflow_tiny" ] && [ -d "$FIXTURES/vae_tiny" ]; then
-      ./target/release/rfgen-cli sample --model "$FIXTURES/janusflow_tiny" --vae "$FIXTURES/vae_tiny" \
+      "${CARGO_TARGET_DIR:-$ROOT/target}/release/rfgen-cli" sample --model "$FIXTURES/janusflow_tiny" --vae "$FIXTURES/vae_tiny" \
         --token-ids 1,5,9,17,33,65,129,250,4 --steps 30 --cfg 2 --seed 7 --size 32 \
         -o out/sample.png --dump out/sample.safetensors
       log "wrote out/sample.png"
