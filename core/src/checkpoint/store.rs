@@ -60,8 +60,6 @@ struct Entry {
 
 #[derive(Debug, Clone)]
 struct Blob {
-    /// File name, or "memory" for tensors created in memory.
-    source: String,
     bytes: Vec<u8>,
     data_start: usize,
 }
@@ -146,7 +144,7 @@ impl Weights {
             let (start, end) = info.data_offsets;
             self.index.insert(name, Entry { file, dtype: dtype_of(info.dtype), shape: info.shape.clone(), start, end });
         }
-        self.files.push(Blob { source: source.to_string(), bytes, data_start: 8 + header_len });
+        self.files.push(Blob { bytes, data_start: 8 + header_len });
         Ok(())
     }
 
@@ -155,7 +153,7 @@ impl Weights {
         assert_eq!(shape.iter().product::<usize>() * dtype.size(), bytes.len(), "insert_raw {name}: shape/len mismatch");
         let file = self.files.len();
         let end = bytes.len();
-        self.files.push(Blob { source: "memory".into(), bytes, data_start: 0 });
+        self.files.push(Blob { bytes, data_start: 0 });
         self.index.insert(name.to_string(), Entry { file, dtype, shape, start: 0, end });
     }
 
@@ -230,12 +228,6 @@ impl Weights {
     pub fn read_f32(&self, name: &str) -> Option<std::result::Result<Vec<f32>, String>> {
         let e = self.index.get(name)?;
         Some(decode_f32(self.raw(name)?, e.dtype))
-    }
-
-    /// Where a tensor came from (file name), for messages.
-    pub fn source_of(&self, name: &str) -> Option<&str> {
-        let e = self.index.get(name)?;
-        Some(&self.files[e.file].source)
     }
 
     /// Serializes the named tensors as stored (or all, when `names` is None).

@@ -9,6 +9,6 @@ mod uvit;
 
 pub use config::{DecoderParams, EncoderParams, GenerationConfig, JanusFlowConfig};
 pub use convnext::{ConvNextBlock, GlobalResponseNorm, UVitBlock};
-pub use model::{load_janusflow, JanusFlow};
+pub use model::JanusFlow;
 pub use timestep::{sinusoidal_embedding, TimestepEmbedding};
 pub use uvit::{ShallowUViTDecoder, ShallowUViTEncoder, Unpatchify};

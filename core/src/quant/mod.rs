@@ -35,13 +35,6 @@ impl QuantScheme {
         }
     }
 
-    pub fn name(self) -> String {
-        match self {
-            QuantScheme::Int8 => "int8 (per output channel)".into(),
-            QuantScheme::Int4 { group } => format!("int4 (group {group})"),
-        }
-    }
-
     fn max_code(self) -> f32 {
         match self {
             QuantScheme::Int8 => 127.0,
