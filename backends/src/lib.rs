@@ -106,6 +106,48 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output> {
     }
 }
 
+/// Training work, generic over an autodiff backend; [`run_train`] instantiates it.
+#[cfg(feature = "train")]
+pub trait TrainTask {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Runs `task` on `kind` wrapped in burn's `Autodiff`, after the same device checks as [`run`].
+#[cfg(feature = "train")]
+pub fn run_train<T: TrainTask>(kind: BackendKind, task: T) -> Result<T::Output> {
+    use burn::backend::Autodiff;
+    match kind {
+        BackendKind::Ndarray => {
+            #[cfg(feature = "ndarray")]
+            return task.run::<Autodiff<NdArrayBackend>>(Default::default());
+            #[allow(unreachable_code)]
+            Err(not_compiled(kind))
+        }
+        BackendKind::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                let device = burn::backend::wgpu::WgpuDevice::default();
+                probe::<WgpuBackend>(&device, "wgpu: no usable GPU adapter (install a Vulkan/Metal/DX12 driver, e.g. Mesa lavapipe: apt-get install mesa-vulkan-drivers)")?;
+                return task.run::<Autodiff<WgpuBackend>>(device);
+            }
+            #[allow(unreachable_code)]
+            Err(not_compiled(kind))
+        }
+        BackendKind::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                cuda_driver_present()?;
+                let device = burn::backend::cuda::CudaDevice::default();
+                probe::<CudaBackend>(&device, "cuda: the CUDA device could not be initialised")?;
+                return task.run::<Autodiff<CudaBackend>>(device);
+            }
+            #[allow(unreachable_code)]
+            Err(not_compiled(kind))
+        }
+    }
+}
+
 /// Runs a tiny computation; a backend that panics while starting up becomes a clear error.
 #[allow(dead_code)]
 fn probe<B: Backend>(device: &B::Device, msg: &str) -> Result<()> {

@@ -7,4 +7,4 @@ mod var_builder;
 
 pub use dir::{load_weights_dir, read_json, read_optional_json, weights_from_manifest};
 pub use store::{decode_f32, encode_f32, StoredDtype, Weights};
-pub use var_builder::{init_values, VarBuilder};
+pub use var_builder::{init_values, ParamKeys, VarBuilder};

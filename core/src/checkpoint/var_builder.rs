@@ -2,7 +2,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::{StoredDtype, Weights};
@@ -17,6 +17,29 @@ struct Log {
     created: Weights,
     record: bool,
     shapes: Vec<(String, Vec<usize>)>,
+    /// Every parameter built, with its checkpoint key (training exports weights by key).
+    params: ParamKeys,
+}
+
+/// Which checkpoint key each parameter of a built module came from; `transposed` when the module
+/// holds the stored tensor transposed (linear weights are kept `[in, out]`).
+#[derive(Debug, Clone, Default)]
+pub struct ParamKeys {
+    by_id: std::collections::HashMap<ParamId, (String, bool)>,
+}
+
+impl ParamKeys {
+    pub fn get(&self, id: &ParamId) -> Option<(&str, bool)> {
+        self.by_id.get(id).map(|(k, t)| (k.as_str(), *t))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -115,7 +138,21 @@ impl<'a, B: Backend> VarBuilder<'a, B> {
     }
 
     pub fn param<const D: usize>(&self, name: &str, shape: [usize; D]) -> Param<Tensor<B, D>> {
-        Param::from_tensor(self.tensor(name, shape))
+        let param = Param::from_tensor(self.tensor(name, shape));
+        self.log.borrow_mut().params.by_id.insert(param.id, (self.path(name), false));
+        param
+    }
+
+    /// A 2-D parameter held transposed (`[in, out]` for a stored `[out, in]`).
+    pub fn param_transposed(&self, name: &str, shape: [usize; 2]) -> Param<Tensor<B, 2>> {
+        let param = Param::from_tensor(self.tensor(name, shape).transpose());
+        self.log.borrow_mut().params.by_id.insert(param.id, (self.path(name), true));
+        param
+    }
+
+    /// The key of every parameter built through this builder (and its children) so far.
+    pub fn param_keys(&self) -> ParamKeys {
+        self.log.borrow().params.clone()
     }
 
     /// A quantized weight stored at `prefix.name` (I8/U8 codes + `name_scale`), or `None` when the

@@ -27,7 +27,7 @@ impl<B: Backend> Linear<B> {
                 Some(w) => LinearWeight::Quant(w),
                 None => dense(Tensor::from_data(TensorData::new(q.dequantize(), [d_out, d_in]), vb.device())),
             },
-            None => dense(vb.tensor("weight", [d_out, d_in])),
+            None => LinearWeight::Dense(vb.param_transposed("weight", [d_out, d_in])),
         };
         let bias = bias.then(|| vb.param("bias", [d_out]));
         Self { weight, bias }

@@ -1,0 +1,262 @@
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::optim::set_trainable;
+use super::{export_weights, float_params, logit_normal, AdamW, AdamWConfig, Ema, ParamFilter, TrainState, WarmupConstant};
+use crate::checkpoint::{ParamKeys, Weights};
+use crate::error::{Error, Result};
+use crate::sampler::{PromptBatch, VelocityModel};
+use crate::structured::FlowGenerator;
+
+/// Settings of a rectified-flow run (saved with every checkpoint and checked on resume).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FlowTrainConfig {
+    pub seed: u64,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    /// Probability of replacing a prompt by the unconditional row (the sampler's construction).
+    pub prompt_dropout: f64,
+    /// `t = sigmoid(N(t_mean, t_std))`.
+    pub t_mean: f64,
+    pub t_std: f64,
+    pub ema_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub grad_clip: Option<f64>,
+    /// Steps of stage 1 (the LLM frozen); stage 2 trains everything.
+    pub stage1_steps: u64,
+}
+
+impl Default for FlowTrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            batch: 16,
+            lr: 1e-4,
+            warmup: 100,
+            prompt_dropout: 0.1,
+            t_mean: 0.0,
+            t_std: 1.0,
+            ema_decay: 0.999,
+            beta1: 0.9,
+            beta2: 0.999,
+            weight_decay: 0.0,
+            grad_clip: Some(1.0),
+            stage1_steps: u64::MAX,
+        }
+    }
+}
+
+impl FlowTrainConfig {
+    fn adamw(&self) -> AdamWConfig {
+        AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: 1e-8, weight_decay: self.weight_decay, grad_clip: self.grad_clip }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::input(m.to_string()));
+        if self.batch == 0 || self.batch > 4096 {
+            return bad("batch must be between 1 and 4096");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 1.0) {
+            return bad("learning rate must be in (0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.prompt_dropout) {
+            return bad("prompt dropout must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("EMA decay must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// The per-step random stream: everything random about step `step` comes from here.
+pub fn step_rng(seed: u64, step: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    rng.set_stream(step);
+    rng
+}
+
+/// The `batch` items of step `step`: epoch-wise shuffles of `items`, each epoch its own permutation.
+pub fn batch_items(items: &[usize], batch: usize, seed: u64, step: u64) -> Vec<usize> {
+    let n = items.len() as u64;
+    let mut out = Vec::with_capacity(batch);
+    let mut epoch_cache: Option<(u64, Vec<usize>)> = None;
+    for k in 0..batch as u64 {
+        let pos = step * batch as u64 + k;
+        let (epoch, i) = (pos / n, (pos % n) as usize);
+        if epoch_cache.as_ref().map(|c| c.0) != Some(epoch) {
+            let mut perm = items.to_vec();
+            let mut rng = step_rng(seed, epoch, 1);
+            for j in (1..perm.len()).rev() {
+                perm.swap(j, rng.random_range(0..=j));
+            }
+            epoch_cache = Some((epoch, perm));
+        }
+        out.push(epoch_cache.as_ref().unwrap().1[i]);
+    }
+    out
+}
+
+/// One training batch: clean latents `x: [B, c, h, w]` and each row's full prompt ids.
+pub struct FlowBatch {
+    pub x: Vec<f32>,
+    pub dims: [usize; 4],
+    pub prompts: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepStats {
+    pub step: u64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub stage: u8,
+}
+
+/// Trains a [`FlowGenerator`] with the velocity loss `‖v(z_t, t) − (x − z0)‖²`, `z_t = t·x + (1−t)·z0`.
+pub struct FlowTrainer<AB: AutodiffBackend> {
+    model: Option<FlowGenerator<AB>>,
+    pub keys: ParamKeys,
+    pub optim: AdamW<AB::InnerBackend>,
+    pub ema: Ema<AB::InnerBackend>,
+    pub config: FlowTrainConfig,
+    pub step: u64,
+    pub pad_id: u32,
+    stage: u8,
+    device: AB::Device,
+}
+
+impl<AB: AutodiffBackend> FlowTrainer<AB> {
+    /// `keys` from the `VarBuilder` that built `model`.
+    pub fn new(model: FlowGenerator<AB>, keys: ParamKeys, config: FlowTrainConfig, pad_id: u32, device: &AB::Device) -> Result<Self> {
+        config.validate()?;
+        let mut ema = Ema::new(config.ema_decay);
+        ema.update(&model, &keys, 0);
+        Ok(Self {
+            model: Some(model),
+            keys,
+            optim: AdamW::new(config.adamw()),
+            ema,
+            config,
+            step: 0,
+            pad_id,
+            stage: 0,
+            device: device.clone(),
+        })
+    }
+
+    /// Continues a run from a checkpoint: `model` built from its `model.safetensors`.
+    pub fn resume(
+        model: FlowGenerator<AB>,
+        keys: ParamKeys,
+        state: &TrainState,
+        ema: &Weights,
+        optim: &Weights,
+        pad_id: u32,
+        device: &AB::Device,
+    ) -> Result<Self> {
+        let config: FlowTrainConfig = serde_json::from_value(state.settings.clone())
+            .map_err(|e| Error::input(format!("checkpoint state.json: bad settings: {e}")))?;
+        let layout: Vec<_> = float_params(&model, &keys).into_iter().map(|(_, k, t, s, _)| (k, t, s)).collect();
+        let ema = Ema::load(config.ema_decay, ema, &layout, device)?;
+        let optim = AdamW::load_state(config.adamw(), state.step, optim, device)?;
+        Ok(Self { model: Some(model), keys, optim, ema, config, step: state.step, pad_id, stage: 0, device: device.clone() })
+    }
+
+    pub fn model(&self) -> &FlowGenerator<AB> {
+        self.model.as_ref().expect("model present between steps")
+    }
+
+    pub fn stage_at(&self, step: u64) -> u8 {
+        if step < self.config.stage1_steps {
+            1
+        } else {
+            2
+        }
+    }
+
+    fn filter(&self, stage: u8) -> ParamFilter {
+        match stage {
+            1 => ParamFilter { frozen: vec!["language_model.".into()] },
+            _ => ParamFilter::default(),
+        }
+    }
+
+    /// One optimizer update on `batch`.
+    pub fn step(&mut self, batch: &FlowBatch) -> Result<StepStats> {
+        let [b, c, h, w] = batch.dims;
+        if batch.prompts.len() != b || batch.x.len() != b * c * h * w {
+            return Err(Error::input(format!("batch of {} prompts for latents {:?}", batch.prompts.len(), batch.dims)));
+        }
+        let stage = self.stage_at(self.step);
+        let filter = self.filter(stage);
+        let mut model = self.model.take().expect("model present between steps");
+        if stage != self.stage {
+            model = set_trainable(model, &self.keys, &filter);
+            self.stage = stage;
+        }
+        let cfg = &self.config;
+        let mut rng = step_rng(cfg.seed, self.step, 0);
+        let t: Vec<f32> = (0..b).map(|_| logit_normal(&mut rng, cfg.t_mean, cfg.t_std)).collect();
+        let drop: Vec<bool> = (0..b).map(|_| rng.random::<f64>() < cfg.prompt_dropout).collect();
+        let z0 = crate::noise::gaussian(rng.random::<u64>(), b * c * h * w);
+
+        let both = PromptBatch::new(&batch.prompts, self.pad_id)?;
+        let rows: Vec<usize> = (0..b).map(|i| if drop[i] { b + i } else { i }).collect();
+        let prompts = PromptBatch {
+            ids: rows.iter().map(|&r| both.ids[r].clone()).collect(),
+            prefix_visible: rows.iter().map(|&r| both.prefix_visible[r].clone()).collect(),
+            batch: b,
+        };
+        let dev = &self.device;
+        let x = Tensor::<AB, 4>::from_data(TensorData::new(batch.x.clone(), batch.dims), dev);
+        let z0 = Tensor::<AB, 4>::from_data(TensorData::new(z0, batch.dims), dev);
+        let tt = Tensor::<AB, 4>::from_data(TensorData::new(t.clone(), [b, 1, 1, 1]), dev);
+        let zt = x.clone() * tt.clone() + z0.clone() * (tt.neg().add_scalar(1.0));
+        let mut cond = model.prepare(&prompts, dev);
+        cond.use_prefix_cache = false;
+        let t1000: Vec<f32> = t.iter().map(|t| t * 1000.0).collect();
+        let v = model.velocity(zt, &t1000, &mut cond);
+        let loss = (v - (x - z0)).powf_scalar(2.0).mean();
+        let loss_value = loss.clone().into_scalar().elem::<f64>();
+        if !loss_value.is_finite() {
+            self.model = Some(model);
+            return Err(Error::input(format!("the loss is {loss_value} at step {} (lower the learning rate?)", self.step)));
+        }
+        let grads = loss.backward();
+        let lr = WarmupConstant { lr: cfg.lr, warmup: cfg.warmup }.at(self.step as usize);
+        let (model, grad_norm) = self.optim.step(model, &grads, &self.keys, &filter, lr);
+        self.ema.update(&model, &self.keys, self.step + 1);
+        self.model = Some(model);
+        self.step += 1;
+        Ok(StepStats { step: self.step, loss: loss_value, grad_norm, lr, stage })
+    }
+
+    /// Current (non-averaged) weights by checkpoint key.
+    pub fn weights(&self) -> Weights {
+        export_weights(self.model(), &self.keys)
+    }
+
+    /// What a checkpoint stores: (model, EMA, optimizer, state).
+    pub fn checkpoint(&self) -> (Weights, Weights, Weights, TrainState) {
+        let state = TrainState {
+            step: self.step,
+            seed: self.config.seed,
+            kind: "flow".into(),
+            settings: serde_json::to_value(&self.config).expect("serialisable"),
+        };
+        (self.weights(), self.ema.weights(), self.optim.state(), state)
+    }
+
+    /// The trained model without autodiff (e.g. to sample from between steps).
+    pub fn inference_model(&self) -> FlowGenerator<AB::InnerBackend> {
+        self.model().valid()
+    }
+}
