@@ -14,6 +14,7 @@ pub mod quant;
 pub mod sampler;
 pub mod structured;
 pub mod tokenizer;
+pub mod train;
 pub mod vae;
 
 pub use burn;
