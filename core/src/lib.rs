@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod convert;
+pub mod data;
 pub mod dit;
 pub mod error;
 pub mod image;
