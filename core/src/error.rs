@@ -17,6 +17,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("backend: {0}")]
     Backend(String),
+    #[error("gguf: {0}")]
+    Gguf(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

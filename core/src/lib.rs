@@ -5,6 +5,7 @@ pub mod convert;
 pub mod data;
 pub mod dit;
 pub mod error;
+pub mod gguf;
 pub mod image;
 pub mod janusflow;
 pub mod layers;

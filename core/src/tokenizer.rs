@@ -41,6 +41,24 @@ impl PromptTokenizer {
         Ok(Self { inner: Inner::Hf(Box::new(tokenizer)), bos_id, image_gen_id })
     }
 
+    /// A tokenizer built elsewhere, e.g. from a GGUF's metadata ([`crate::gguf::tokenizer`]).
+    pub fn from_tokenizer(tokenizer: Tokenizer, bos_id: u32, image_gen_id: u32) -> Self {
+        Self { inner: Inner::Hf(Box::new(tokenizer)), bos_id, image_gen_id }
+    }
+
+    /// Token ids of `text` as it is: no chat template, no BOS or begin-of-generation token added
+    /// (except what the tokenizer's own post-processor adds when `add_special_tokens`).
+    pub fn encode_text(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        match &self.inner {
+            Inner::Hf(tokenizer) => Ok(tokenizer
+                .encode(text, add_special_tokens)
+                .map_err(|e| Error::Tokenizer(format!("cannot encode the text: {e}")))?
+                .get_ids()
+                .to_vec()),
+            Inner::Bytes { .. } => Ok(text.bytes().map(|b| 3 + b as u32).collect()),
+        }
+    }
+
     /// The byte-level fallback: BOS, `3 + byte` for each byte of the templated prompt, then BOG.
     pub fn bytes(bos_id: u32, image_gen_id: u32, vocab: usize) -> Result<Self> {
         if vocab < 259 {
