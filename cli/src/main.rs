@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod convert;
+mod data;
 mod init;
 mod inspect;
 mod models;
@@ -37,6 +38,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Time generation: s/image, steps/s, the split by component, FLOP and TFLOP/s, JSON.
     Bench(bench::BenchArgs),
+    /// Build an image–caption training set (emoji, digits) from the packages `./build.sh setup` fetches.
+    Data(data::DataArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Data(args) => data::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -153,7 +153,10 @@ impl Dataset {
                 return Err(Error::input(format!("dataset {}: duplicate item id {}", self.name, item.id)));
             }
             if item.captions.is_empty() || item.captions.iter().any(|c| c.trim().is_empty()) {
-                return Err(Error::input(format!("dataset {}: item {} has no caption or an empty one", self.name, item.id)));
+                return Err(Error::input(format!(
+                    "dataset {}: item {} has no caption or an empty one",
+                    self.name, item.id
+                )));
             }
         }
         Ok(())
@@ -196,7 +199,8 @@ impl Dataset {
         let images = safetensors::serialize([(IMAGES_TENSOR, view)], None)
             .map_err(|e| Error::Io(format!("cannot serialize {IMAGES_FILE}: {e}")))?;
         let file = CaptionsFile { name: self.name.clone(), size: self.size, items: self.items.clone() };
-        let mut captions = serde_json::to_vec_pretty(&file).map_err(|e| Error::Io(format!("cannot serialize {CAPTIONS_FILE}: {e}")))?;
+        let mut captions = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::Io(format!("cannot serialize {CAPTIONS_FILE}: {e}")))?;
         captions.push(b'\n');
         Ok((images, captions))
     }

@@ -126,7 +126,8 @@ mod tests {
     fn csv(rows: &[(u8, u8)]) -> String {
         rows.iter()
             .map(|&(v, label)| {
-                let mut vals: Vec<String> = (0..64).map(|i| if i % 9 == 0 { v.to_string() } else { "0".into() }).collect();
+                let mut vals: Vec<String> =
+                    (0..64).map(|i| if i % 9 == 0 { v.to_string() } else { "0".into() }).collect();
                 vals.push(label.to_string());
                 vals.join(",")
             })

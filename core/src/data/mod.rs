@@ -31,8 +31,8 @@
 //!   upscaled; every 10th sample held out.
 
 mod dataset;
-mod dir;
 pub mod digits;
+mod dir;
 pub mod emoji;
 pub mod pixels;
 

@@ -1,0 +1,146 @@
+//! `rfgen-cli data emoji|digits` end to end on synthetic sources, its errors, and — when
+//! `./build.sh setup` has fetched them — the real packages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rfgen_core::data::{self, Split};
+use rfgen_tests::tempdir;
+
+#[path = "data_fixtures.rs"]
+mod fixtures;
+use fixtures::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rfgen-cli");
+
+fn data_cmd(args: &[&str], paths: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("data").args(args);
+    for (flag, p) in paths {
+        cmd.arg(flag).arg(p);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn emoji_command_writes_a_loadable_set() {
+    let dir = tempdir("data-cli-emoji");
+    let nm = write_sources(&dir);
+    let out = dir.join("emoji");
+    let o = data_cmd(&["emoji", "--size", "32"], &[("--source", &nm), ("--out", &out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8 images of 5 bases"), "{}", stderr(&o));
+    let ds = data::load_dir(&out).unwrap();
+    assert_eq!((ds.name.as_str(), ds.size, ds.len()), ("emoji", 32, 8));
+    assert!(out.join("preview.png").is_file());
+    assert_eq!(ds, build_from(&nm, 32).unwrap().dataset);
+
+    // An existing directory needs --force.
+    let o = data_cmd(&["emoji"], &[("--source", &nm), ("--out", &out)]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    let o = data_cmd(&["emoji", "--force"], &[("--source", &nm), ("--out", &out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(data::load_dir(&out).unwrap().size, 64);
+
+    // A corrupt PNG: one line naming it, nothing written.
+    std::fs::write(nm.join("emoji-datasource-google/img/google/64/1f34e.png"), b"not a png").unwrap();
+    let bad = dir.join("bad");
+    let o = data_cmd(&["emoji"], &[("--source", &nm), ("--out", &bad)]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.starts_with("error: ") && err.contains("1f34e.png"), "{err}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn missing_sources_say_to_run_setup() {
+    let dir = tempdir("data-cli-missing");
+    let o = data_cmd(&["emoji"], &[("--source", &dir.join("nothing")), ("--out", &dir.join("o"))]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("emoji.json") && err.contains("./build.sh setup"), "{err}");
+    // emoji.json without openmoji.
+    let nm = write_sources(&dir);
+    std::fs::remove_file(nm.join("openmoji/data/openmoji.json")).unwrap();
+    let o = data_cmd(&["emoji"], &[("--source", &nm), ("--out", &dir.join("o"))]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("openmoji.json") && err.contains("./build.sh setup"), "{err}");
+    // Broken emoji.json is named.
+    std::fs::write(nm.join("emoji-datasource-google/emoji.json"), b"[{").unwrap();
+    std::fs::write(nm.join("openmoji/data/openmoji.json"), b"[]").unwrap();
+    let o = data_cmd(&["emoji"], &[("--source", &nm), ("--out", &dir.join("o"))]);
+    assert!(!o.status.success() && stderr(&o).contains("emoji.json"), "{}", stderr(&o));
+    let o = data_cmd(&["digits"], &[("--source", &dir.join("nothing.csv.gz")), ("--out", &dir.join("o"))]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("nothing.csv.gz") && err.contains("./build.sh setup"), "{err}");
+    assert!(!dir.join("o").exists());
+}
+
+#[test]
+fn digits_command() {
+    let dir = tempdir("data-cli-digits");
+    let csv = dir.join("digits.csv");
+    std::fs::write(&csv, digits_csv(30)).unwrap();
+    let out = dir.join("digits");
+    let o = data_cmd(&["digits", "--size", "16"], &[("--source", &csv), ("--out", &out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ds = data::load_dir(&out).unwrap();
+    assert_eq!((ds.name.as_str(), ds.size, ds.len()), ("digits", 16, 30));
+    assert_eq!(ds.indices(Split::Heldout), vec![0, 10, 20]);
+    std::fs::write(&csv, "1,2,3\n").unwrap();
+    let o = data_cmd(&["digits", "--force"], &[("--source", &csv), ("--out", &out)]);
+    assert!(!o.status.success() && stderr(&o).contains("line 1"), "{}", stderr(&o));
+    assert_eq!(data::load_dir(&out).unwrap().len(), 30, "a failure keeps the old set");
+}
+
+fn cache() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/rfgen")
+}
+
+/// The real packages, when `./build.sh setup` has fetched them (it does before `./build.sh test`).
+#[test]
+fn real_sources_when_fetched() {
+    let nm = std::env::var_os("RFGEN_NPM").map(PathBuf::from).unwrap_or_else(|| cache().join("npm/node_modules"));
+    let digits = cache().join("digits/digits.csv.gz");
+    if !nm.join("emoji-datasource-google/emoji.json").is_file() || !digits.is_file() {
+        eprintln!("skipped: run ./build.sh setup to fetch the emoji and digits sources");
+        return;
+    }
+    let dir = tempdir("data-cli-real");
+    let out = dir.join("emoji");
+    let o = data_cmd(&["emoji"], &[("--source", &nm), ("--out", &out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("{}", stderr(&o).trim());
+    let ds = data::load_dir(&out).unwrap();
+    let s = ds.stats();
+    assert!(s.images > 3000 && s.bases > 1500, "{s}");
+    assert!(s.heldout_bases * 10 >= s.bases, "held out {} of {} bases", s.heldout_bases, s.bases);
+    assert!(s.captions_min >= 3, "{s}");
+    // Skin tones are with their base, in the same split.
+    let split_of: std::collections::HashMap<&str, Split> =
+        ds.items.iter().filter(|i| i.id == i.base).map(|i| (i.base.as_str(), i.split)).collect();
+    let tones = ["1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"];
+    let mut toned = 0;
+    for it in &ds.items {
+        if tones.iter().any(|t| it.id.contains(t)) && it.id != it.base {
+            toned += 1;
+            assert_eq!(split_of[it.base.as_str()], it.split, "{}", it.id);
+        }
+    }
+    assert!(toned > 1500, "{toned}");
+    let wave = ds.items.iter().find(|i| i.id == "1f44b-1f3fd").unwrap();
+    assert!(wave.captions.contains(&"waving hand, medium skin tone".to_string()), "{wave:?}");
+    let apple = ds.items.iter().find(|i| i.id == "1f34e").unwrap();
+    assert!(apple.captions.contains(&"red apple".to_string()), "{apple:?}");
+
+    let out = dir.join("digits");
+    let o = data_cmd(&["digits"], &[("--source", &digits), ("--out", &out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ds = data::load_dir(&out).unwrap();
+    assert_eq!((ds.len(), ds.size, ds.indices(Split::Heldout).len()), (1797, 32, 180));
+}
