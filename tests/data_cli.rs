@@ -143,4 +143,5 @@ fn real_sources_when_fetched() {
     assert!(o.status.success(), "{}", stderr(&o));
     let ds = data::load_dir(&out).unwrap();
     assert_eq!((ds.len(), ds.size, ds.indices(Split::Heldout).len()), (1797, 32, 180));
+    let _ = std::fs::remove_dir_all(&dir);
 }
