@@ -2,6 +2,7 @@
 
 mod bench;
 mod compare;
+mod encode;
 mod convert;
 mod data;
 mod init;
@@ -10,6 +11,8 @@ mod models;
 mod output;
 mod progress;
 mod sample;
+mod train;
+mod train_vae;
 
 use std::process::ExitCode;
 
@@ -38,6 +41,12 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Time generation: s/image, steps/s, the split by component, FLOP and TFLOP/s, JSON.
     Bench(bench::BenchArgs),
+    /// Train a generator (rectified flow) on a dataset; checkpoints, resume, EMA, sample grids.
+    Train(train::TrainArgs),
+    /// Train a small diffusers AutoencoderKL (VAE) on a dataset; exports config.json + safetensors.
+    TrainVae(train_vae::TrainVaeArgs),
+    /// Pre-encode a dataset's images to flow latents with a VAE (DATA/latents.safetensors).
+    EncodeLatents(encode::EncodeArgs),
     /// Build an image–caption training set (emoji, digits) from the packages `./build.sh setup` fetches.
     Data(data::DataArgs),
 }
@@ -61,8 +70,11 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
+        Command::TrainVae(args) => train_vae::run(args),
+        Command::EncodeLatents(args) => encode::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! Text-to-image end to end: model directory → prompts → Euler-CFG loop → VAE decode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::checkpoint::VarBuilder;
 use crate::convert::{Manifest, ModelKind};
 use crate::janusflow::{GenerationConfig, JanusFlowConfig};
-use crate::structured::{FlowGenerator, GeneratorConfig};
+use crate::llama::LlamaConfig;
+use crate::structured::{FlowGenerator, GeneratorConfig, LlmGguf};
 use crate::sampler::{sample, PromptBatch, SampleConfig, StepEvent, VelocityModel};
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::{AutoencoderKl, VaeConfig};
@@ -34,13 +35,66 @@ impl ModelFiles {
             None => config.generation.clone(),
         };
         let tok = dir.join("tokenizer.json");
-        let tokenizer_json = if tok.exists() {
+        let mut tokenizer_json = if tok.exists() {
             Some(std::fs::read(&tok).map_err(|e| Error::Io(format!("cannot read {}: {e}", tok.display())))?)
         } else {
             None
         };
-        Ok(Self { config, generation, weights: load_weights_dir(dir)?, tokenizer_json })
+        let mut weights = load_weights_dir(dir)?;
+        if let Some(src) = &config.llm_gguf {
+            let path = find_llm_gguf(&src.file)?;
+            let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+            let (llm, json) = llm_from_gguf(src, &bytes, &config.language_config)?;
+            for name in llm.names().filter(|n| !weights.contains(&format!("language_model.{n}"))).collect::<Vec<_>>() {
+                let values = llm.read_f32(name).expect("listed").expect("f32");
+                weights.insert_f32(&format!("language_model.{name}"), llm.shape(name).expect("listed").to_vec(), values);
+            }
+            tokenizer_json = tokenizer_json.or(Some(json));
+        }
+        Ok(Self { config, generation, weights, tokenizer_json })
     }
+}
+
+/// Where a model's LLM GGUF is looked for: `$RFGEN_SMOLLM2_GGUF` (the file itself),
+/// `$RFGEN_GGUF_DIR/<file>`, then `~/.cache/rfgen/smollm2/<file>` (where `./build.sh setup` puts it).
+pub fn find_llm_gguf(file: &str) -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    if let Ok(p) = std::env::var("RFGEN_SMOLLM2_GGUF") {
+        tried.push(PathBuf::from(p));
+    }
+    if let Ok(d) = std::env::var("RFGEN_GGUF_DIR") {
+        tried.push(Path::new(&d).join(file));
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        tried.push(Path::new(&home).join(".cache/rfgen/smollm2").join(file));
+    }
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(Error::Io(format!(
+            "the model's LLM {file} was not found (looked in: {}); run `./build.sh setup` to fetch it",
+            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The LLM weights (HF Llama keys, first `src.layers` layers) and tokenizer.json of a GGUF,
+/// checked against the sha256 and the config the model was trained with.
+pub fn llm_from_gguf(src: &LlmGguf, bytes: &[u8], expected: &LlamaConfig) -> Result<(Weights, Vec<u8>)> {
+    let sha = crate::convert::sha256_hex(bytes);
+    if sha != src.sha256 {
+        return Err(Error::Io(format!("{}: sha256 {sha} does not match the model's {}", src.file, src.sha256)));
+    }
+    let file = crate::gguf::GgufFile::parse(bytes)?;
+    let (config, weights) = crate::gguf::llama_weights(&file, Some(src.layers))?;
+    let differs = config.hidden_size != expected.hidden_size
+        || config.num_hidden_layers != expected.num_hidden_layers
+        || config.vocab_size != expected.vocab_size
+        || config.intermediate_size != expected.intermediate_size;
+    if differs {
+        return Err(Error::config(&src.file, "its LLM does not have the shape in the model's config.json"));
+    }
+    let json = serde_json::to_vec(&crate::gguf::tokenizer_json(&file)?).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok((weights, json))
 }
 
 /// Reads a model `config.json`: the released JanusFlow layout or an rfgen generator config.
@@ -132,7 +186,9 @@ impl<B: Backend> Pipeline<B> {
         let lc = &model.config.language_config;
         let bos = gen.bos_token_id.or(lc.bos_token_id);
         let tokenizer = match (tokenizer_json, gen.tokenizer.as_deref()) {
-            (Some(json), _) => Some(PromptTokenizer::from_bytes(&json, bos, gen.image_gen_token_id)?),
+            (Some(json), _) => {
+                Some(PromptTokenizer::from_bytes(&json, bos, gen.image_gen_token_id)?.with_template(gen.prompt_template.clone()))
+            }
             (None, Some("bytes")) => {
                 let missing = || Error::config("generation", "byte-level prompts need bos_token_id and image_gen_token_id");
                 let (bos, bog) = (bos.ok_or_else(missing)?, gen.image_gen_token_id.ok_or_else(missing)?);

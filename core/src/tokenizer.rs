@@ -24,6 +24,8 @@ pub struct PromptTokenizer {
     inner: Inner,
     bos_id: u32,
     image_gen_id: u32,
+    /// Replaces JanusFlow's template; `{prompt}` marks the prompt.
+    template: Option<String>,
 }
 
 impl PromptTokenizer {
@@ -38,12 +40,12 @@ impl PromptTokenizer {
             Some(id) => id,
             None => return Err(Error::Tokenizer("no BOS token id (give bos_token_id in generation.json)".into())),
         };
-        Ok(Self { inner: Inner::Hf(Box::new(tokenizer)), bos_id, image_gen_id })
+        Ok(Self { inner: Inner::Hf(Box::new(tokenizer)), bos_id, image_gen_id, template: None })
     }
 
     /// A tokenizer built elsewhere, e.g. from a GGUF's metadata ([`crate::gguf::tokenizer`]).
     pub fn from_tokenizer(tokenizer: Tokenizer, bos_id: u32, image_gen_id: u32) -> Self {
-        Self { inner: Inner::Hf(Box::new(tokenizer)), bos_id, image_gen_id }
+        Self { inner: Inner::Hf(Box::new(tokenizer)), bos_id, image_gen_id, template: None }
     }
 
     /// Token ids of `text` as it is: no chat template, no BOS or begin-of-generation token added
@@ -64,7 +66,14 @@ impl PromptTokenizer {
         if vocab < 259 {
             return Err(Error::Tokenizer(format!("byte-level prompts need a vocabulary of at least 259 ids, the model has {vocab}")));
         }
-        Ok(Self { inner: Inner::Bytes { vocab }, bos_id, image_gen_id })
+        Ok(Self { inner: Inner::Bytes { vocab }, bos_id, image_gen_id, template: None })
+    }
+
+    /// Use `template` (`{prompt}` marks the prompt) instead of JanusFlow's chat template: ids are
+    /// `[BOS, template ids..., BOG]`.
+    pub fn with_template(mut self, template: Option<String>) -> Self {
+        self.template = template;
+        self
     }
 
     /// `[BOS, templated prompt..., BOG]`.
@@ -72,13 +81,21 @@ impl PromptTokenizer {
         if prompt.trim().is_empty() {
             return Err(Error::input("the prompt is empty"));
         }
-        let mut ids = match &self.inner {
-            Inner::Hf(tokenizer) => tokenizer
+        if prompt.len() > 16 * MAX_PROMPT_TOKENS {
+            return Err(Error::input(format!("the prompt is {} bytes long; at most {MAX_PROMPT_TOKENS} tokens are accepted", prompt.len())));
+        }
+        let mut ids = match (&self.inner, &self.template) {
+            (_, Some(template)) => {
+                let mut ids = self.encode_text(&template.replace("{prompt}", prompt), false)?;
+                ids.push(self.image_gen_id);
+                ids
+            }
+            (Inner::Hf(tokenizer), None) => tokenizer
                 .encode(janusflow_template(prompt), true)
                 .map_err(|e| Error::Tokenizer(format!("cannot encode the prompt: {e}")))?
                 .get_ids()
                 .to_vec(),
-            Inner::Bytes { vocab } => {
+            (Inner::Bytes { vocab }, None) => {
                 let text = janusflow_template(prompt);
                 let text = text.strip_suffix(IMAGE_GEN_TAG).unwrap_or(&text);
                 let ids: Vec<u32> = text.bytes().map(|b| 3 + b as u32).chain([self.image_gen_id]).collect();

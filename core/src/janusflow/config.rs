@@ -181,6 +181,7 @@ impl GenerationConfig {
             latent_shape: self.latent_shape.or(b.latent_shape),
             vae_scaling_factor: self.vae_scaling_factor.or(b.vae_scaling_factor),
             tokenizer: self.tokenizer.or(b.tokenizer),
+            prompt_template: self.prompt_template.or(b.prompt_template),
         }
     }
 }
@@ -205,4 +206,8 @@ pub struct GenerationConfig {
     /// `"bytes"`: prompts map to ids 3 + byte (for models without a tokenizer.json, e.g. presets).
     #[serde(default)]
     pub tokenizer: Option<String>,
+    /// The prompt's template (`{prompt}` is replaced), encoded between BOS and the
+    /// begin-of-generation id; JanusFlow's chat template when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_template: Option<String>,
 }

@@ -80,6 +80,21 @@ pub struct GeneratorConfig {
     pub decoder: DecoderConfig,
     #[serde(default)]
     pub generation: GenerationConfig,
+    /// The LLM's weights and tokenizer come from this GGUF (not stored with the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_gguf: Option<LlmGguf>,
+}
+
+/// A GGUF the model takes its LLM from: its first `layers` layers, checked by sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmGguf {
+    /// File name, looked up in `$RFGEN_GGUF_DIR` or `~/.cache/rfgen/smollm2`.
+    pub file: String,
+    pub sha256: String,
+    pub layers: usize,
+    /// Where `./build.sh setup` gets it (informational).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 fn model_type() -> String {
@@ -97,6 +112,7 @@ impl From<&JanusFlowConfig> for GeneratorConfig {
             encoder: EncoderConfig::Uvit(c.encoder().clone()),
             decoder: DecoderConfig::Uvit(c.decoder().clone()),
             generation: GenerationConfig::default(),
+            llm_gguf: None,
         }
     }
 }

@@ -9,7 +9,9 @@ mod mmdit_encoder;
 mod presets;
 mod single_stream_decoder;
 
-pub use config::{DecoderConfig, EncoderConfig, GeneratorConfig, MmditEncoderConfig, RopeConfig, SingleStreamDecoderConfig};
+pub use config::{
+    DecoderConfig, EncoderConfig, GeneratorConfig, LlmGguf, MmditEncoderConfig, RopeConfig, SingleStreamDecoderConfig,
+};
 pub use flops::{image_flops, vae_decode_flops, Flops};
 pub use generator::{Component, FlowGenerator, GenDecoder, GenEncoder, GeneratorCond, StepTrace, UNUSED_PREFIXES};
 pub use mmdit_encoder::MmditEncoder;

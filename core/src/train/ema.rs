@@ -22,6 +22,10 @@ struct Update<'a, B: Backend> {
 impl<AB: AutodiffBackend> ModuleVisitor<AB> for Update<'_, AB::InnerBackend> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         let Some((key, transposed)) = self.keys.get(&param.id) else { return };
+        // Frozen parameters do not change: their average is the parameter itself.
+        if !param.val().is_require_grad() {
+            return;
+        }
         let p = param.val().inner();
         let dims = p.dims().to_vec();
         let p = p.reshape([dims.iter().product::<usize>()]);
@@ -44,7 +48,7 @@ impl<B: Backend> Ema<B> {
         self.decay.min((1.0 + step as f64) / (10.0 + step as f64))
     }
 
-    /// Folds the module's current weights in (the first call copies them).
+    /// Folds the module's trained (`require_grad`) weights in; the first call for a key copies it.
     pub fn update<AB, M>(&mut self, module: &M, keys: &ParamKeys, step: u64)
     where
         AB: AutodiffBackend<InnerBackend = B>,
@@ -54,7 +58,7 @@ impl<B: Backend> Ema<B> {
         module.visit(&mut Update::<B> { ema: self, keys, decay });
     }
 
-    /// The averaged weights by checkpoint key in the stored layout.
+    /// The averaged weights by checkpoint key in the stored layout (only keys trained so far).
     pub fn weights(&self) -> Weights {
         let mut w = Weights::new();
         for (key, (t, dims, transposed)) in &self.values {

@@ -137,19 +137,24 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
     /// `keys` from the `VarBuilder` that built `model`.
     pub fn new(model: FlowGenerator<AB>, keys: ParamKeys, config: FlowTrainConfig, pad_id: u32, device: &AB::Device) -> Result<Self> {
         config.validate()?;
-        let mut ema = Ema::new(config.ema_decay);
-        ema.update(&model, &keys, 0);
-        Ok(Self {
-            model: Some(model),
-            keys,
-            optim: AdamW::new(config.adamw()),
-            ema,
-            config,
-            step: 0,
-            pad_id,
-            stage: 0,
-            device: device.clone(),
-        })
+        let ema = Ema::new(config.ema_decay);
+        let optim = AdamW::new(config.adamw());
+        let mut t = Self { model: Some(model), keys, optim, ema, config, step: 0, pad_id, stage: 0, device: device.clone() };
+        t.enter_stage();
+        let model = t.model.take().expect("just built");
+        t.ema.update(&model, &t.keys, 0);
+        t.model = Some(model);
+        Ok(t)
+    }
+
+    /// Marks the parameters of the current step's stage trainable (the LLM frozen in stage 1).
+    fn enter_stage(&mut self) {
+        let stage = self.stage_at(self.step);
+        if stage != self.stage {
+            let model = self.model.take().expect("model present between steps");
+            self.model = Some(set_trainable(model, &self.keys, &self.filter(stage)));
+            self.stage = stage;
+        }
     }
 
     /// Continues a run from a checkpoint: `model` built from its `model.safetensors`.
@@ -167,7 +172,9 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
         let layout: Vec<_> = float_params(&model, &keys).into_iter().map(|(_, k, t, s, _)| (k, t, s)).collect();
         let ema = Ema::load(config.ema_decay, ema, &layout, device)?;
         let optim = AdamW::load_state(config.adamw(), state.step, optim, device)?;
-        Ok(Self { model: Some(model), keys, optim, ema, config, step: state.step, pad_id, stage: 0, device: device.clone() })
+        let mut t = Self { model: Some(model), keys, optim, ema, config, step: state.step, pad_id, stage: 0, device: device.clone() };
+        t.enter_stage();
+        Ok(t)
     }
 
     pub fn model(&self) -> &FlowGenerator<AB> {
@@ -195,13 +202,10 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
         if batch.prompts.len() != b || batch.x.len() != b * c * h * w {
             return Err(Error::input(format!("batch of {} prompts for latents {:?}", batch.prompts.len(), batch.dims)));
         }
-        let stage = self.stage_at(self.step);
+        self.enter_stage();
+        let stage = self.stage;
         let filter = self.filter(stage);
-        let mut model = self.model.take().expect("model present between steps");
-        if stage != self.stage {
-            model = set_trainable(model, &self.keys, &filter);
-            self.stage = stage;
-        }
+        let model = self.model.take().expect("model present between steps");
         let cfg = &self.config;
         let mut rng = step_rng(cfg.seed, self.step, 0);
         let t: Vec<f32> = (0..b).map(|_| logit_normal(&mut rng, cfg.t_mean, cfg.t_std)).collect();
@@ -242,6 +246,17 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
     /// Current (non-averaged) weights by checkpoint key.
     pub fn weights(&self) -> Weights {
         export_weights(self.model(), &self.keys)
+    }
+
+    /// The weights to sample from: the EMA of everything trained so far, the rest as it is.
+    pub fn ema_weights(&self) -> Weights {
+        let mut w = self.weights();
+        let ema = self.ema.weights();
+        for name in ema.names() {
+            let values = ema.read_f32(name).expect("listed").expect("f32");
+            w.insert_f32(name, ema.shape(name).expect("listed").to_vec(), values);
+        }
+        w
     }
 
     /// What a checkpoint stores: (model, EMA, optimizer, state).

