@@ -74,13 +74,16 @@ impl<B: Backend> Ema<B> {
     }
 
     /// Restores from [`Ema::weights`]; `layout` gives each key's transposition and stored shape.
+    /// Every key of `weights` must be in `layout`.
     pub fn load(decay: f64, weights: &Weights, layout: &[(String, bool, Vec<usize>)], device: &B::Device) -> Result<Self> {
         let mut values = BTreeMap::new();
         for (key, transposed, stored) in layout {
-            let v = weights
-                .read_f32(key)
-                .ok_or_else(|| Error::input(format!("EMA state lacks {key}")))?
-                .map_err(|d| Error::input(format!("EMA state {key} has dtype {d}")))?;
+            // Keys never trained (frozen so far) are not averaged.
+            let Some(v) = weights.read_f32(key) else { continue };
+            let v = v.map_err(|d| Error::input(format!("EMA state {key} has dtype {d}")))?;
+            if v.len() != stored.iter().product::<usize>() {
+                return Err(Error::input(format!("EMA state {key} has {} values, the model {stored:?}", v.len())));
+            }
             let (v, dims) = if *transposed && stored.len() == 2 {
                 (transpose_2d(&v, stored[0], stored[1]), vec![stored[1], stored[0]])
             } else {
@@ -88,6 +91,9 @@ impl<B: Backend> Ema<B> {
             };
             let n = v.len();
             values.insert(key.clone(), (Tensor::from_data(TensorData::new(v, [n]), device), dims, *transposed));
+        }
+        if let Some(extra) = weights.names().find(|n| !values.contains_key(*n)) {
+            return Err(Error::input(format!("EMA state has {extra}, which the model lacks")));
         }
         Ok(Self { decay, values })
     }

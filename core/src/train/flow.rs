@@ -202,6 +202,9 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
         if batch.prompts.len() != b || batch.x.len() != b * c * h * w {
             return Err(Error::input(format!("batch of {} prompts for latents {:?}", batch.prompts.len(), batch.dims)));
         }
+        if batch.x.iter().any(|v| !v.is_finite()) {
+            return Err(Error::input("the batch's latents contain NaN or infinite values"));
+        }
         self.enter_stage();
         let stage = self.stage;
         let filter = self.filter(stage);
