@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use clap::Args;
-use rfgen_backends::{BackendKind, BackendTask};
+use rfgen_backends::{BackendKind, BackendTask, Precision};
 use rfgen_core::pipeline::{ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::sampler::SampleConfig;
 use rfgen_core::structured::preset;
@@ -49,6 +49,9 @@ pub struct SampleArgs {
     /// ndarray (CPU), wgpu or cuda.
     #[arg(long, default_value = "ndarray")]
     backend: String,
+    /// Compute precision: f32 (every backend), f16 (wgpu with shader-f16, cuda), bf16 (cuda).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Write z1, the guided velocity of every step (v_cfg) and the decoded images to a safetensors file.
     #[arg(long)]
     dump: Option<PathBuf>,
@@ -62,6 +65,7 @@ pub struct SampleArgs {
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let backend: BackendKind = args.backend.parse()?;
+    let precision: Precision = args.dtype.parse()?;
     if args.prompts.is_empty() && args.token_ids.is_empty() {
         bail!("give at least one --prompt or --token-ids");
     }
@@ -83,7 +87,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         _ => bail!("give --model DIR or --preset NAME --init random"),
     }
     let token_ids = args.token_ids.iter().map(|s| parse_ids(s)).collect::<Result<Vec<_>>>()?;
-    rfgen_backends::run(backend, SampleTask { args, token_ids })?
+    rfgen_backends::run_with_precision(backend, precision, SampleTask { args, token_ids })?
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {

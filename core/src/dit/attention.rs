@@ -1,8 +1,8 @@
 use burn::module::Module;
-use burn::tensor::{activation::{gelu_approximate, softmax}, backend::Backend, Bool, Tensor};
+use burn::tensor::{activation::gelu_approximate, backend::Backend, Bool, Tensor};
 
 use crate::checkpoint::VarBuilder;
-use crate::layers::{Linear, RmsNorm};
+use crate::layers::{masked_logit, softmax_f32, Linear, RmsNorm};
 
 /// Per-head RMSNorm of queries or keys (weight `[head_dim]`).
 pub type QkNorm<B> = RmsNorm<B>;
@@ -31,11 +31,12 @@ pub fn head_attention<B: Backend>(
     let scores = match key_blocked {
         Some(m) => {
             let [b, h, s, t] = scores.dims();
-            scores.mask_fill(m.clone().expand([b, h, s, t]), f32::MIN)
+            let masked = masked_logit(scores.dtype());
+            scores.mask_fill(m.clone().expand([b, h, s, t]), masked)
         }
         None => scores,
     };
-    softmax(scores, 3).matmul(v)
+    softmax_f32(scores, 3).matmul(v)
 }
 
 /// diffusers `FeedForward(dim, activation_fn="gelu-tanh")`: `net.2(gelu_tanh(net.0.proj(x)))`.

@@ -2,7 +2,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{activation::{gelu, silu}, backend::Backend, Tensor};
 
 use crate::checkpoint::VarBuilder;
-use crate::layers::{Conv2d, Conv2dSpec, Linear, RmsNorm};
+use crate::layers::{downcast, upcast, Conv2d, Conv2dSpec, Linear, RmsNorm};
 
 /// ConvNeXt-V2 global response norm on NHWC input.
 #[derive(Module, Debug)]
@@ -18,8 +18,10 @@ impl<B: Backend> GlobalResponseNorm<B> {
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         // gx = L2 norm over (h, w); nx = gx / (mean over channels + 1e-6)
-        let gx = x.clone().powi_scalar(2).sum_dim(1).sum_dim(2).sqrt();
-        let nx = gx.clone().div(gx.mean_dim(3).add_scalar(1e-6));
+        // (in f32 for half-precision input: the sum of squares overflows f16)
+        let (xs, half) = upcast(x.clone());
+        let gx = xs.powi_scalar(2).sum_dim(1).sum_dim(2).sqrt();
+        let nx = downcast(gx.clone().div(gx.mean_dim(3).add_scalar(1e-6)), half);
         self.bias.val() + (self.weight.val() * nx).add_scalar(1.0) * x
     }
 }

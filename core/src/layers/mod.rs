@@ -6,4 +6,4 @@ mod norm;
 
 pub use conv::{Conv2d, Conv2dSpec};
 pub use linear::{Embedding, Linear};
-pub use norm::{layer_norm, GroupNorm, RmsNorm};
+pub use norm::{downcast, layer_norm, masked_logit, softmax_f32, upcast, GroupNorm, RmsNorm};

@@ -1,12 +1,9 @@
 use burn::module::Module;
-use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
 
 use super::{KvCache, LlamaConfig, Rope};
 use crate::checkpoint::VarBuilder;
-use crate::layers::Linear;
-
-/// What a masked logit is set to (transformers' eager attention uses finfo(float32).min).
-const MASKED: f32 = f32::MIN;
+use crate::layers::{masked_logit, softmax_f32, Linear};
 
 /// `[b, 1, q_len, past + q_len]`, true where query i may NOT attend key j: causal (j > past + i)
 /// or key j not visible in `key_visible[b]` (length past + q_len; `None` = all visible).
@@ -91,8 +88,10 @@ impl<B: Backend> Attention<B> {
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-        let scores = scores.mask_fill(mask.clone(), MASKED);
-        let out = softmax(scores, 3).matmul(v);
+        // transformers' eager attention: masked logits = finfo(dtype).min, softmax in f32.
+        let masked = masked_logit(scores.dtype());
+        let scores = scores.mask_fill(mask.clone(), masked);
+        let out = softmax_f32(scores, 3).matmul(v);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]))
     }
 }
