@@ -13,7 +13,8 @@ use crate::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// Model directory (config.json, safetensors, optional generation.json, tokenizer.json).
+    /// Model directory (config.json, safetensors, optional generation.json, tokenizer.json, vae/);
+    /// default: the trained emoji model in models/default.
     #[arg(long, conflicts_with = "preset")]
     model: Option<PathBuf>,
     /// A preset (see `rfgen-cli models`), with --init random.
@@ -73,6 +74,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("give either --prompt or --token-ids, not both");
     }
     SampleConfig { steps: args.steps, cfg: args.cfg }.validate()?;
+    let mut args = args;
+    if args.model.is_none() && args.preset.is_none() {
+        args.model = Some(default_model_dir()?);
+    }
+    if args.vae.is_none() {
+        args.vae = args.model.as_ref().map(|m| m.join("vae")).filter(|v| v.is_dir());
+    }
     if args.output.is_some() && args.vae.is_none() {
         bail!("-o needs --vae to decode images (without a VAE use --dump for the latents)");
     }
@@ -88,6 +96,19 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
     let token_ids = args.token_ids.iter().map(|s| parse_ids(s)).collect::<Result<Vec<_>>>()?;
     rfgen_backends::run_with_precision(backend, precision, SampleTask { args, token_ids })?
+}
+
+/// The model `sample` uses when neither --model nor --preset is given: `$RFGEN_DEFAULT_MODEL`, else
+/// the repository's models/default (trained by rfgen itself; see README "The default model").
+pub fn default_model_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("RFGEN_DEFAULT_MODEL") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default")),
+    };
+    if !dir.join("config.json").is_file() {
+        bail!("no --model given and the default model is missing at {} (set RFGEN_DEFAULT_MODEL or pass --model)", dir.display());
+    }
+    Ok(dir)
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {

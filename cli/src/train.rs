@@ -87,6 +87,9 @@ pub struct TrainArgs {
     /// Take the LLM (weights, shape, tokenizer) from this GGUF, e.g. SmolLM2-135M-Instruct's.
     #[arg(long)]
     llm_gguf: Option<PathBuf>,
+    /// Float type of the exported model (RUN_DIR/model): f32, f16 or bf16. Checkpoints stay f32.
+    #[arg(long, default_value = "f32")]
+    save_dtype: String,
     /// Keep only the GGUF LLM's first K layers.
     #[arg(long, requires = "llm_gguf")]
     llm_layers: Option<usize>,
@@ -224,6 +227,7 @@ impl TrainTask for Train {
 impl Train {
     fn train<B: AutodiffBackend>(self, device: &B::Device) -> Result<()> {
         let a = &self.args;
+        crate::convert::parse_dtype(&a.save_dtype)?;
         let data = load_dir(&a.data)?;
         let train_idx = data.indices(Split::Train);
         if train_idx.is_empty() {
@@ -370,6 +374,7 @@ impl Train {
     /// OUT/model: config.json + the EMA weights, loadable with `sample --model`. A GGUF LLM that
     /// stage 2 never changed is not stored (the model loads it from the GGUF).
     fn export_model<B: AutodiffBackend>(&self, trainer: &FlowTrainer<B>, config: &GeneratorConfig) -> Result<()> {
+        let dtype = crate::convert::parse_dtype(&self.args.save_dtype)?;
         let mut weights = trainer.ema_weights();
         if config.llm_gguf.is_some() && trainer.step <= trainer.config.stage1_steps {
             let llm: Vec<String> = weights.names().filter(|n| n.starts_with("language_model.")).map(str::to_string).collect();
@@ -377,6 +382,13 @@ impl Train {
                 weights.remove(&n);
             }
         }
+        let mut stored = Weights::new();
+        for name in weights.names() {
+            let values = weights.read_f32(name).expect("listed").expect("f32");
+            let shape = weights.shape(name).expect("listed").to_vec();
+            stored.insert_raw(name, dtype, shape, rfgen_core::checkpoint::encode_f32(&values, dtype));
+        }
+        let weights = stored;
         write_dir_atomic(&self.args.out.join("model"), |tmp| {
             std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(config)?)?;
             std::fs::write(tmp.join("model.safetensors"), weights.to_safetensors(None)?)?;
