@@ -435,7 +435,7 @@ def write_sdxl_vae(work: Path, seed: int):
     torch.manual_seed(seed)
     sd = {k: v.contiguous() for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
     save_file(sd, str(vae_dir / "model.safetensors"))
-    (vae_dir / "config.json").write_text(json.dumps(dict(vae.config), indent=2, default=list))
+    vae.save_config(str(vae_dir))  # config.json with _class_name AutoencoderKL
     (vae_dir / "seed.txt").write_text(str(seed))
     return vae_dir
 
