@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod encode;
+mod eval;
 mod convert;
 mod data;
 mod init;
@@ -49,6 +50,8 @@ enum Command {
     EncodeLatents(encode::EncodeArgs),
     /// Build an image–caption training set (emoji, digits) from the packages `./build.sh setup` fetches.
     Data(data::DataArgs),
+    /// Evaluation with the PROXY image–text scorer (not CLIP): `eval proxy-clip-train`, `eval proxy-clip`.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::TrainVae(args) => train_vae::run(args),
         Command::EncodeLatents(args) => encode::run(args),
     };

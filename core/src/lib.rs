@@ -5,6 +5,7 @@ pub mod convert;
 pub mod data;
 pub mod dit;
 pub mod error;
+pub mod eval;
 pub mod gguf;
 pub mod image;
 pub mod janusflow;

@@ -1,0 +1,655 @@
+//! `rfgen-cli eval`: the proxy image–text scorer (a stand-in for CLIP, see rfgen_core::eval).
+//!
+//! - `eval proxy-clip-train`: trains the proxy scorer on every image of a dataset;
+//! - `eval proxy-clip`: caption retrieval of generated images next to the real ones (the ceiling).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use clap::{Args, Subcommand};
+use rfgen_backends::{BackendKind, BackendTask, TrainTask};
+use rfgen_core::checkpoint::StoredDtype;
+use rfgen_core::data::{load_dir, Dataset, Split};
+use rfgen_core::eval::{
+    candidate_sets, feature_stats, load_scorer_dir, pick_items, retrieval, scorer_weights, ProxyClipConfig, ProxyClipTrainer,
+    ProxyScorer, ProxyTextEncoder, ProxyTrainConfig, ProxyTrainData, RetrievalStats, TextFeatureSpec, TextFeatures,
+    SCORER_CONFIG, SCORER_WEIGHTS, TEXT_CACHE,
+};
+use rfgen_core::pipeline::{find_llm_gguf, ModelFiles, Pipeline, VaeFiles};
+use rfgen_core::sampler::{SampleConfig, VelocityModel};
+
+use crate::output::{grid, write_atomic, write_png};
+
+/// The GGUF whose first layers give the proxy scorer's text features.
+const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Log of a proxy training run, in its output directory.
+const TRAIN_LOG: &str = "proxy_train_log.jsonl";
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    command: EvalCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum EvalCommand {
+    /// Train the PROXY image–text scorer (not CLIP) on every image of a dataset, both splits.
+    ProxyClipTrain(ProxyTrainArgs),
+    /// Caption retrieval (top-1 / top-5 among 100) of generated images with the proxy scorer, next to real images.
+    ProxyClip(ProxyEvalArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyTrainArgs {
+    /// Dataset directory (`rfgen-cli data emoji`); every image is used, both splits.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory: config.json, model.safetensors, proxy_text_cache.safetensors, proxy_train_log.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Largest random shift of a training image, in dataset pixels.
+    #[arg(long, default_value_t = 3)]
+    max_shift: usize,
+    /// Gaussian noise added to training thumbnails ([-1, 1] units).
+    #[arg(long, default_value_t = 0.05)]
+    pixel_noise: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Side of the image tower's thumbnail (area-downsampled).
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Hidden widths of the image MLP, comma-separated.
+    #[arg(long, default_value = "1024,512", value_delimiter = ',')]
+    image_hidden: Vec<usize>,
+    /// Hidden widths of the text MLP, comma-separated.
+    #[arg(long, default_value = "512", value_delimiter = ',')]
+    text_hidden: Vec<usize>,
+    #[arg(long, default_value_t = 128)]
+    embed_dim: usize,
+    /// The LLM GGUF (default: $RFGEN_SMOLLM2_GGUF or ~/.cache/rfgen/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long)]
+    llm_gguf: Option<PathBuf>,
+    /// Decoder layers of the LLM the text features come from.
+    #[arg(long, default_value_t = 8)]
+    llm_layers: usize,
+    /// Only time the text features of the first N distinct captions (no training, nothing written).
+    #[arg(long)]
+    bench_features: Option<usize>,
+    /// Stop training (and save) after this many minutes.
+    #[arg(long)]
+    minutes: Option<f64>,
+    #[arg(long, default_value_t = 20)]
+    log_every: u64,
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyEvalArgs {
+    /// Generator directory (not needed with --real-only).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// VAE directory (default: MODEL/vae when it exists).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Dataset directory the prompts and real images come from.
+    #[arg(long)]
+    data: PathBuf,
+    /// Proxy scorer directory (`eval proxy-clip-train`), e.g. models/proxy-clip.
+    #[arg(long)]
+    scorer: PathBuf,
+    /// Which split's items to score: heldout or train.
+    #[arg(long, default_value = "heldout")]
+    prompts: String,
+    /// Items scored (one per base, a fixed order).
+    #[arg(long, default_value_t = 100)]
+    n: usize,
+    /// Candidate captions per image (its own + others of the same split).
+    #[arg(long, default_value_t = 100)]
+    candidates: usize,
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    cfg: f64,
+    /// Noise seed (each item's noise also depends on its id, not on the batch).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images generated per batch.
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    /// Only report the real images' retrieval (the ceiling); no generator.
+    #[arg(long)]
+    real_only: bool,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write a grid PNG of the generated images here.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// The LLM GGUF for captions the scorer's cache lacks (default: found by the scorer's file name).
+    #[arg(long)]
+    llm_gguf: Option<PathBuf>,
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.command {
+        EvalCommand::ProxyClipTrain(a) => {
+            let kind: BackendKind = a.backend.parse()?;
+            rfgen_backends::run_train(kind, TrainProxy { args: a })?
+        }
+        EvalCommand::ProxyClip(a) => {
+            let kind: BackendKind = a.backend.parse()?;
+            let split = parse_split(&a.prompts)?;
+            if !a.real_only {
+                if a.model.is_none() {
+                    bail!("give --model DIR (the generator to score) or --real-only");
+                }
+                SampleConfig { steps: a.steps, cfg: a.cfg }.validate()?;
+                if a.batch == 0 {
+                    bail!("--batch must be at least 1");
+                }
+            }
+            rfgen_backends::run(kind, EvalProxy { args: a, split })?
+        }
+    }
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    match s {
+        "heldout" | "held-out" => Ok(Split::Heldout),
+        "train" => Ok(Split::Train),
+        other => bail!("--prompts {other:?}: expected heldout or train"),
+    }
+}
+
+/// The GGUF to read: the flag, else the usual places for `file`.
+fn gguf_path(flag: Option<&Path>, file: &str) -> Result<PathBuf> {
+    match flag {
+        Some(p) if p.is_file() => Ok(p.to_path_buf()),
+        Some(p) => bail!("--llm-gguf {} does not exist (run ./build.sh setup)", p.display()),
+        None => Ok(find_llm_gguf(file)?),
+    }
+}
+
+/// Loads the text encoder from a GGUF; `expect` (a scorer's spec) must match its sha256 and layers.
+fn text_encoder<B: Backend>(
+    path: &Path,
+    layers: usize,
+    expect: Option<&TextFeatureSpec>,
+    device: &B::Device,
+) -> Result<ProxyTextEncoder<B>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let enc = ProxyTextEncoder::from_gguf(&file, &bytes, layers, device)?;
+    if let Some(spec) = expect {
+        if enc.spec.gguf_sha256 != spec.gguf_sha256 {
+            bail!(
+                "{}: sha256 {} is not the scorer's LLM ({} {})",
+                path.display(),
+                enc.spec.gguf_sha256,
+                spec.gguf_file,
+                spec.gguf_sha256
+            );
+        }
+    }
+    Ok(enc)
+}
+
+/// The cache in `dir` when it holds features of this spec; otherwise empty.
+fn read_cache(dir: &Path, spec: &TextFeatureSpec) -> TextFeatures {
+    let path = dir.join(TEXT_CACHE);
+    let Ok(bytes) = std::fs::read(&path) else { return TextFeatures::empty(spec.clone()) };
+    match TextFeatures::from_safetensors(&path.display().to_string(), &bytes) {
+        Ok(f) if &f.spec == spec => f,
+        Ok(_) => {
+            eprintln!("{}: features of another LLM or layer count; recomputing", path.display());
+            TextFeatures::empty(spec.clone())
+        }
+        Err(e) => {
+            eprintln!("{}: unreadable ({e}); recomputing", path.display());
+            TextFeatures::empty(spec.clone())
+        }
+    }
+}
+
+/// Adds the features of `wanted` captions the cache lacks, in chunks, saving after each chunk
+/// when `save_to` is given. Returns the seconds spent computing.
+fn fill_cache<B: Backend>(
+    cache: &mut TextFeatures,
+    wanted: &[String],
+    encoder: &ProxyTextEncoder<B>,
+    save_to: Option<&Path>,
+) -> Result<f64> {
+    let missing = cache.missing(wanted);
+    if missing.is_empty() {
+        return Ok(0.0);
+    }
+    let start = Instant::now();
+    let total = missing.len();
+    let mut done = 0;
+    for chunk in missing.chunks(1024) {
+        let values = encoder.features(chunk, |k| {
+            let n = done + k;
+            let secs = start.elapsed().as_secs_f64();
+            eprint!("\rtext features (proxy, {} LLM layers): {n}/{total} captions, {:.1} captions/s   ", encoder.spec.layers, n as f64 / secs.max(1e-9));
+            let _ = std::io::stderr().flush();
+        })?;
+        cache.extend(chunk.to_vec(), values)?;
+        done += chunk.len();
+        if let Some(path) = save_to {
+            write_atomic(path, &cache.to_safetensors()?)?;
+        }
+    }
+    eprintln!();
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Real-image (and generated-image) retrieval for `items` of `split`.
+struct Scored {
+    items: Vec<usize>,
+    candidates: Vec<Vec<usize>>,
+    /// Unit embeddings of every dataset item's first caption that appears as a candidate, by item.
+    text_rows: std::collections::HashMap<usize, usize>,
+    text_emb: Vec<f32>,
+}
+
+impl Scored {
+    fn prepare<B: Backend>(data: &Dataset, split: Split, n: usize, count: usize, scorer: &ProxyScorer<B>, cache: &TextFeatures) -> Result<Self> {
+        let items = pick_items(data, split, n)?;
+        let candidates = candidate_sets(data, split, &items, count)?;
+        let mut text_rows = std::collections::HashMap::new();
+        let mut captions = Vec::new();
+        for &c in candidates.iter().flatten() {
+            text_rows.entry(c).or_insert_with(|| {
+                captions.push(data.items[c].captions[0].clone());
+                captions.len() - 1
+            });
+        }
+        let text_emb = scorer.embed_text_features(&cache.rows(&captions)?);
+        Ok(Self { items, candidates, text_rows, text_emb })
+    }
+
+    /// Captions (first of each item) every candidate list needs.
+    fn needed_captions(data: &Dataset, split: Split, n: usize, count: usize) -> Result<Vec<String>> {
+        let items = pick_items(data, split, n)?;
+        let candidates = candidate_sets(data, split, &items, count)?;
+        Ok(candidates.iter().flatten().map(|&c| data.items[c].captions[0].clone()).collect())
+    }
+
+    fn rank(&self, image_emb: &[f32], dim: usize) -> Result<RetrievalStats> {
+        let cands: Vec<Vec<usize>> = self.candidates.iter().map(|c| c.iter().map(|i| self.text_rows[i]).collect()).collect();
+        Ok(retrieval(image_emb, &self.text_emb, dim, &cands)?)
+    }
+}
+
+/// Real-image retrieval of `split` (n items, `count` candidates) with a scorer in memory.
+fn real_ceiling<B: Backend>(
+    data: &Dataset,
+    split: Split,
+    n: usize,
+    count: usize,
+    scorer: &ProxyScorer<B>,
+    cache: &TextFeatures,
+) -> Result<RetrievalStats> {
+    let s = Scored::prepare(data, split, n, count, scorer, cache)?;
+    let imgs: Vec<Vec<u8>> = s.items.iter().map(|&i| data.image(i).to_vec()).collect();
+    s.rank(&scorer.embed_images(&imgs, data.size), scorer.config.embed_dim)
+}
+
+// ---------------------------------------------------------------------------------------------
+// proxy-clip-train
+
+struct TrainProxy {
+    args: ProxyTrainArgs,
+}
+
+impl TrainTask for TrainProxy {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> rfgen_core::Result<Result<()>> {
+        Ok(self.train::<B>(&device))
+    }
+}
+
+fn distinct_captions(data: &Dataset) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    data.items.iter().flat_map(|it| it.captions.iter()).filter(|c| seen.insert(c.as_str())).cloned().collect()
+}
+
+impl TrainProxy {
+    fn train<AB: AutodiffBackend>(self, device: &AB::Device) -> Result<()> {
+        let a = &self.args;
+        let data = load_dir(&a.data)?;
+        if data.len() < 2 {
+            bail!("{}: the proxy scorer needs at least 2 images", a.data.display());
+        }
+        let settings = ProxyTrainConfig {
+            seed: a.seed,
+            steps: a.steps,
+            batch: a.batch,
+            lr: a.lr,
+            warmup: a.warmup,
+            weight_decay: a.weight_decay,
+            max_shift: a.max_shift,
+            pixel_noise: a.pixel_noise,
+        };
+        settings.validate()?;
+        let gguf = gguf_path(a.llm_gguf.as_deref(), SMOLLM2_GGUF)?;
+        let t0 = Instant::now();
+        let encoder = text_encoder::<AB::InnerBackend>(&gguf, a.llm_layers, None, device)?;
+        eprintln!("LLM: {} (first {} layers) loaded in {:.1}s", gguf.display(), a.llm_layers, t0.elapsed().as_secs_f64());
+        let captions = distinct_captions(&data);
+
+        if let Some(n) = a.bench_features {
+            let subset = &captions[..n.min(captions.len())];
+            let tokens: usize = subset.iter().map(|c| encoder.tokenize(c).map(|t| t.len())).sum::<rfgen_core::Result<usize>>()?;
+            let mut cache = TextFeatures::empty(encoder.spec.clone());
+            let secs = fill_cache(&mut cache, subset, &encoder, None)?;
+            println!(
+                "proxy text features: {} captions ({tokens} tokens) through {} layers in {secs:.2}s: {:.1} captions/s, {:.0} tokens/s; all {} distinct captions: ~{:.0}s",
+                subset.len(),
+                a.llm_layers,
+                subset.len() as f64 / secs,
+                tokens as f64 / secs,
+                captions.len(),
+                captions.len() as f64 * secs / subset.len() as f64
+            );
+            return Ok(());
+        }
+
+        std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+        let cache_path = a.out.join(TEXT_CACHE);
+        let mut cache = read_cache(&a.out, &encoder.spec);
+        let cached_before = cache.len();
+        let feature_secs = fill_cache(&mut cache, &captions, &encoder, Some(&cache_path))?;
+        eprintln!(
+            "text features: {} distinct captions ({} cached before), {feature_secs:.1}s",
+            captions.len(),
+            cached_before
+        );
+        let dim = encoder.spec.dim;
+        let spec = encoder.spec.clone();
+        drop(encoder);
+
+        // Standardise with the statistics of this dataset's captions.
+        let raw = cache.rows(&captions)?;
+        let (mean, std) = feature_stats(&raw, dim);
+        let mut config = ProxyClipConfig::new(spec);
+        config.image_size = a.image_size;
+        config.image_hidden = a.image_hidden.clone();
+        config.text_hidden = a.text_hidden.clone();
+        config.embed_dim = a.embed_dim;
+        config.validate("proxy-clip config")?;
+        let index: std::collections::HashMap<&str, usize> = captions.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let all: Vec<usize> = (0..data.len()).collect();
+        let train_data = ProxyTrainData::new(&data, all, &raw, dim, &mean, &std, |c| index.get(c).copied())?;
+        let mut trainer = ProxyClipTrainer::<AB>::new(config.clone(), settings.clone(), device)?;
+
+        let mut log = std::fs::File::create(a.out.join(TRAIN_LOG)).context("cannot create the training log")?;
+        let start = Instant::now();
+        let mut window = (0.0f64, 0.0f64, 0u64, Instant::now());
+        let mut last = None;
+        while trainer.step < a.steps {
+            if a.minutes.is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0) {
+                eprintln!("\ntime budget of {} min reached at step {}", a.minutes.unwrap(), trainer.step);
+                break;
+            }
+            let (imgs, txts) = train_data.batch(&settings, config.image_size, trainer.step);
+            let s = trainer.step(&imgs, &txts)?;
+            writeln!(
+                log,
+                "{}",
+                serde_json::json!({"step": s.step, "proxy_loss": s.loss, "proxy_batch_acc": s.batch_acc,
+                    "temperature": s.temperature, "grad_norm": s.grad_norm, "lr": s.lr, "elapsed_s": start.elapsed().as_secs_f64()})
+            )?;
+            window.0 += s.loss;
+            window.1 += s.batch_acc;
+            window.2 += 1;
+            if s.step % a.log_every == 0 || s.step == a.steps {
+                let rate = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
+                eprint!(
+                    "\rproxy-clip step {}/{} loss {:.4} batch acc {:.3} T {:.4} lr {:.1e} {rate:.2} it/s {:.0}s   ",
+                    s.step,
+                    a.steps,
+                    window.0 / window.2 as f64,
+                    window.1 / window.2 as f64,
+                    s.temperature,
+                    s.lr,
+                    start.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+                window = (0.0, 0.0, 0, Instant::now());
+            }
+            last = Some(s);
+        }
+        eprintln!();
+        let train_secs = start.elapsed().as_secs_f64();
+
+        // The scorer as it will be saved (f16), scored on both splits' real images.
+        let weights = scorer_weights(&trainer.inference_model(), &trainer.keys, &mean, &std, StoredDtype::F16);
+        let scorer = ProxyScorer::<AB::InnerBackend>::load(&weights, &config, device)?;
+        let mut ceilings = serde_json::Map::new();
+        for split in [Split::Heldout, Split::Train] {
+            let bases = rfgen_core::eval::split_representatives(&data, split).len();
+            let n = bases.min(100);
+            if n < 2 {
+                continue;
+            }
+            let count = 100.min(bases);
+            let r = real_ceiling(&data, split, n, count, &scorer, &cache)?;
+            eprintln!(
+                "proxy ceiling ({}, real images, n={n}, {count} candidates): top-1 {:.3} top-5 {:.3} mean rank {:.2}",
+                split.as_str(),
+                r.top1,
+                r.top5,
+                r.mean_rank
+            );
+            ceilings.insert(
+                split.as_str().into(),
+                serde_json::json!({"n": n, "candidates": count, "proxy_real_top1": r.top1, "proxy_real_top5": r.top5, "proxy_real_mean_rank": r.mean_rank}),
+            );
+        }
+        let mut config = config;
+        config.training = Some(serde_json::json!({
+            "dataset": data.name, "images": data.len(), "splits": "train + heldout (all images)",
+            "distinct_captions": captions.len(), "settings": settings, "steps_done": trainer.step,
+            "final_proxy_loss": last.map(|s| s.loss), "final_temperature": scorer.temperature(),
+            "train_seconds": train_secs, "text_feature_seconds": feature_secs,
+            "proxy_ceiling": ceilings,
+        }));
+        write_atomic(&a.out.join(SCORER_WEIGHTS), &weights.to_safetensors(None)?)?;
+        write_atomic(&a.out.join(SCORER_CONFIG), format!("{}\n", serde_json::to_string_pretty(&config)?).as_bytes())?;
+        eprintln!(
+            "proxy scorer: {} steps in {train_secs:.1}s ({:.2} it/s), temperature {:.4}; wrote {}",
+            trainer.step,
+            trainer.step as f64 / train_secs.max(1e-9),
+            scorer.temperature(),
+            a.out.display()
+        );
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// proxy-clip (scoring a generator)
+
+struct EvalProxy {
+    args: ProxyEvalArgs,
+    split: Split,
+}
+
+impl BackendTask for EvalProxy {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> rfgen_core::Result<Result<()>> {
+        Ok(self.eval::<B>(&device))
+    }
+}
+
+/// 8-bit RGB images `[n][H·W·3]` and their side from `[n, 3, H, W]` values in [-1, 1].
+fn to_rgb_images<B: Backend>(images: Tensor<B, 4>) -> Result<(Vec<Vec<u8>>, usize)> {
+    let [n, c, h, w] = images.dims();
+    if c != 3 || h != w {
+        bail!("generated images are [{n}, {c}, {h}, {w}]; the proxy scorer needs square RGB images");
+    }
+    let values = images.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+    let plane = 3 * h * w;
+    Ok(((0..n).map(|i| rfgen_core::image::to_rgb8(&values[i * plane..(i + 1) * plane], h, w)).collect(), h))
+}
+
+impl EvalProxy {
+    fn eval<B: Backend>(self, device: &B::Device) -> Result<()> {
+        let a = &self.args;
+        let split = self.split;
+        let data = load_dir(&a.data)?;
+        let (config, weights) = load_scorer_dir(&a.scorer)?;
+        let scorer = ProxyScorer::<B>::load(&weights, &config, device)?;
+        // Checks --n and the candidates before any expensive work.
+        let needed = Scored::needed_captions(&data, split, a.n, a.candidates)?;
+
+        let mut cache = read_cache(&a.scorer, &config.text);
+        if !cache.missing(&needed).is_empty() {
+            let path = gguf_path(a.llm_gguf.as_deref(), &config.text.gguf_file)?;
+            let enc = text_encoder::<B>(&path, config.text.layers, Some(&config.text), device)?;
+            fill_cache(&mut cache, &needed, &enc, None)?;
+        }
+        let scored = Scored::prepare(&data, split, a.n, a.candidates, &scorer, &cache)?;
+        let dim = config.embed_dim;
+        let real_imgs: Vec<Vec<u8>> = scored.items.iter().map(|&i| data.image(i).to_vec()).collect();
+        let real = scored.rank(&scorer.embed_images(&real_imgs, data.size), dim)?;
+
+        let mut report = serde_json::json!({
+            "proxy_scorer": a.scorer.display().to_string(),
+            "proxy_scorer_kind": config.kind,
+            "proxy_note": "retrieval by a PROXY scorer trained on this dataset's images (both splits), not CLIP",
+            "dataset": a.data.display().to_string(),
+            "split": split.as_str(),
+            "n": scored.items.len(),
+            "candidates": a.candidates,
+            "proxy_real_top1": real.top1,
+            "proxy_real_top5": real.top5,
+            "proxy_real_mean_rank": real.mean_rank,
+        });
+        println!(
+            "proxy-clip {} (n={}, {} candidates): real images (ceiling) top-1 {:.3} top-5 {:.3} mean rank {:.2}",
+            split.as_str(),
+            scored.items.len(),
+            a.candidates,
+            real.top1,
+            real.top5,
+            real.mean_rank
+        );
+
+        let gen = if a.real_only { None } else { Some(self.generate::<B>(&data, &scored.items, device)?) };
+        let mut items = Vec::new();
+        if let Some((images, side, secs)) = &gen {
+            let stats = scored.rank(&scorer.embed_images(images, *side), dim)?;
+            let ratio = |g: f64, r: f64| if r > 0.0 { serde_json::json!(g / r) } else { serde_json::Value::Null };
+            let obj = report.as_object_mut().expect("object");
+            obj.insert("proxy_gen_top1".into(), stats.top1.into());
+            obj.insert("proxy_gen_top5".into(), stats.top5.into());
+            obj.insert("proxy_gen_mean_rank".into(), stats.mean_rank.into());
+            obj.insert("proxy_ratio_top1".into(), ratio(stats.top1, real.top1));
+            obj.insert("proxy_ratio_top5".into(), ratio(stats.top5, real.top5));
+            obj.insert(
+                "generator".into(),
+                serde_json::json!({"model": a.model.as_ref().map(|m| m.display().to_string()),
+                    "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": a.steps, "cfg": a.cfg,
+                    "seed": a.seed, "image_size": side, "seconds": secs}),
+            );
+            println!(
+                "proxy-clip {}: generated top-1 {:.3} top-5 {:.3} mean rank {:.2}; generated/ceiling top-1 {} top-5 {} ({:.0}s generating)",
+                split.as_str(),
+                stats.top1,
+                stats.top5,
+                stats.mean_rank,
+                fmt_ratio(stats.top1, real.top1),
+                fmt_ratio(stats.top5, real.top5),
+                secs
+            );
+            for (k, &i) in scored.items.iter().enumerate() {
+                items.push(serde_json::json!({"id": data.items[i].id, "caption": data.items[i].captions[0],
+                    "proxy_real_rank": real.ranks[k], "proxy_gen_rank": stats.ranks[k]}));
+            }
+            if let Some(path) = &a.grid {
+                let cols = (images.len() as f64).sqrt().ceil() as usize;
+                let (g, gw, gh) = grid(images, *side, *side, cols.max(1));
+                write_png(path, &g, gw, gh)?;
+                eprintln!("wrote {}", path.display());
+            }
+        } else {
+            for (k, &i) in scored.items.iter().enumerate() {
+                items.push(serde_json::json!({"id": data.items[i].id, "caption": data.items[i].captions[0], "proxy_real_rank": real.ranks[k]}));
+            }
+        }
+        report.as_object_mut().expect("object").insert("items".into(), items.into());
+        if let Some(path) = &a.out {
+            write_atomic(path, format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+
+    fn vae_dir(&self) -> Option<PathBuf> {
+        let a = &self.args;
+        a.vae.clone().or_else(|| a.model.as_ref().map(|m| m.join("vae")).filter(|v| v.is_dir()))
+    }
+
+    /// One image per item (its first caption), noise seeded by (--seed, item id).
+    fn generate<B: Backend>(&self, data: &Dataset, items: &[usize], device: &B::Device) -> Result<(Vec<Vec<u8>>, usize, f64)> {
+        let a = &self.args;
+        let model = a.model.as_ref().expect("checked in run");
+        let vae = self.vae_dir().as_deref().map(VaeFiles::read_dir).transpose()?;
+        let pipe = Pipeline::<B>::new(ModelFiles::read_dir(model)?, vae, device)?;
+        if pipe.vae.is_none() && pipe.model.latent_channels() != 3 {
+            bail!("the generator's latents have {} channels: give --vae DIR to decode them", pipe.model.latent_channels());
+        }
+        let prompts: Vec<String> = items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
+        let ids = pipe.tokenize(&prompts)?;
+        let hw = pipe.default_latent_hw();
+        let c = pipe.model.latent_channels();
+        let config = SampleConfig { steps: a.steps, cfg: a.cfg };
+        let start = Instant::now();
+        let mut images = Vec::with_capacity(items.len());
+        let mut side = 0;
+        for (chunk_idx, chunk) in items.chunks(a.batch).enumerate() {
+            let lo = chunk_idx * a.batch;
+            let mut z = Vec::with_capacity(chunk.len() * c * hw[0] * hw[1]);
+            for &i in chunk {
+                let seed = a.seed ^ rfgen_core::data::fnv1a64(data.items[i].id.as_bytes());
+                z.extend(rfgen_core::noise::gaussian(seed, c * hw[0] * hw[1]));
+            }
+            let z0 = Tensor::<B, 4>::from_data(TensorData::new(z, [chunk.len(), c, hw[0], hw[1]]), device);
+            let out = pipe.generate(&ids[lo..lo + chunk.len()], z0, &config, |_| {})?;
+            let (rgb, s) = to_rgb_images(out.images.unwrap_or(out.z1))?;
+            side = s;
+            images.extend(rgb);
+            eprint!("\rgenerated {}/{} images ({:.1}s)   ", images.len(), items.len(), start.elapsed().as_secs_f64());
+            let _ = std::io::stderr().flush();
+        }
+        eprintln!();
+        Ok((images, side, start.elapsed().as_secs_f64()))
+    }
+}
+
+fn fmt_ratio(g: f64, r: f64) -> String {
+    if r > 0.0 {
+        format!("{:.2}", g / r)
+    } else {
+        "n/a".into()
+    }
+}

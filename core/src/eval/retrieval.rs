@@ -1,0 +1,179 @@
+//! Caption retrieval: which items are scored, against which candidate captions, and the top-k math.
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::data::{fnv1a64, Dataset, Split};
+use crate::error::{Error, Result};
+
+/// Ranks and top-k rates of one retrieval run (every image against its own candidate list).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetrievalStats {
+    pub n: usize,
+    /// Fraction of images whose own caption ranks first.
+    pub top1: f64,
+    /// Fraction whose own caption is among the 5 best.
+    pub top5: f64,
+    pub mean_rank: f64,
+    /// 1-based rank of each image's own caption, in input order.
+    pub ranks: Vec<usize>,
+}
+
+/// The 1-based rank of `scores[0]` (the true candidate) among `scores`: 1 + the number of other
+/// candidates scoring at least as high (ties count against the true one, so constant scores never
+/// look like a success). A NaN true score ranks last.
+pub fn rank_of_first(scores: &[f32]) -> usize {
+    let Some((&own, others)) = scores.split_first() else { return 0 };
+    if own.is_nan() {
+        return scores.len();
+    }
+    1 + others.iter().filter(|&&s| s >= own || s.is_nan()).count()
+}
+
+/// Fraction of `ranks` that are `<= k`.
+pub fn top_k(ranks: &[usize], k: usize) -> f64 {
+    if ranks.is_empty() {
+        return 0.0;
+    }
+    ranks.iter().filter(|&&r| r >= 1 && r <= k).count() as f64 / ranks.len() as f64
+}
+
+/// Retrieval of captions by images. `images` is `[n, dim]` and `texts` `[m, dim]` (row-major);
+/// `candidates[i]` lists the rows of `texts` that image `i` is compared with, its own caption
+/// first. The score is the dot product (cosine for L2-normalised embeddings).
+pub fn retrieval(images: &[f32], texts: &[f32], dim: usize, candidates: &[Vec<usize>]) -> Result<RetrievalStats> {
+    if dim == 0 || images.len() % dim != 0 || texts.len() % dim != 0 {
+        return Err(Error::input(format!(
+            "retrieval: {} image and {} text values are not rows of dimension {dim}",
+            images.len(),
+            texts.len()
+        )));
+    }
+    let (n, m) = (images.len() / dim, texts.len() / dim);
+    if candidates.len() != n {
+        return Err(Error::input(format!("retrieval: {n} images but {} candidate lists", candidates.len())));
+    }
+    let mut ranks = Vec::with_capacity(n);
+    for (i, cands) in candidates.iter().enumerate() {
+        if cands.is_empty() {
+            return Err(Error::input(format!("retrieval: image {i} has no candidate captions")));
+        }
+        if let Some(&bad) = cands.iter().find(|&&c| c >= m) {
+            return Err(Error::input(format!("retrieval: candidate {bad} of image {i} is not one of the {m} captions")));
+        }
+        let img = &images[i * dim..(i + 1) * dim];
+        let scores: Vec<f32> =
+            cands.iter().map(|&c| img.iter().zip(&texts[c * dim..(c + 1) * dim]).map(|(a, b)| a * b).sum()).collect();
+        ranks.push(rank_of_first(&scores));
+    }
+    Ok(stats_of(ranks))
+}
+
+/// Top-1 / top-5 / mean rank of given ranks.
+pub fn stats_of(ranks: Vec<usize>) -> RetrievalStats {
+    let n = ranks.len();
+    RetrievalStats {
+        n,
+        top1: top_k(&ranks, 1),
+        top5: top_k(&ranks, 5),
+        mean_rank: if n == 0 { 0.0 } else { ranks.iter().sum::<usize>() as f64 / n as f64 },
+        ranks,
+    }
+}
+
+/// One item per base of `split`: the base's own image (`id == base`) where it exists, else its
+/// first item; ordered by a fixed hash of the base id (a stable pseudo-random order that does not
+/// depend on `n`, so a smaller `n` is a prefix of a larger one).
+pub fn split_representatives(data: &Dataset, split: Split) -> Vec<usize> {
+    let mut by_base: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, item) in data.items.iter().enumerate().filter(|(_, it)| it.split == split) {
+        let slot = by_base.entry(item.base.as_str()).or_insert(i);
+        if item.id == item.base && data.items[*slot].id != data.items[*slot].base {
+            *slot = i;
+        }
+    }
+    let mut reps: Vec<(u64, &str, usize)> =
+        by_base.into_iter().map(|(base, i)| (fnv1a64(format!("proxy-eval:{base}").as_bytes()), base, i)).collect();
+    reps.sort();
+    reps.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// The `n` items to score for `split` (one per base, see [`split_representatives`]).
+pub fn pick_items(data: &Dataset, split: Split, n: usize) -> Result<Vec<usize>> {
+    if n == 0 {
+        return Err(Error::input("the number of items to score (--n) must be at least 1"));
+    }
+    let reps = split_representatives(data, split);
+    if n > reps.len() {
+        return Err(Error::input(format!(
+            "--n {n} is more than the {} items available in the {} split ({} has {} bases there; one item per base is scored)",
+            reps.len(),
+            split.as_str(),
+            data.name,
+            reps.len()
+        )));
+    }
+    Ok(reps[..n].to_vec())
+}
+
+/// For each of `items`: itself followed by `count - 1` other items of `split` (one per base, never
+/// its own base nor an item whose first caption is the same text), drawn with a generator seeded
+/// by the item's id only, so an item's candidates are fixed whatever else is scored. The captions
+/// compared are the items' first captions.
+pub fn candidate_sets(data: &Dataset, split: Split, items: &[usize], count: usize) -> Result<Vec<Vec<usize>>> {
+    if count < 2 {
+        return Err(Error::input("retrieval needs at least 2 candidate captions per image"));
+    }
+    let reps = split_representatives(data, split);
+    let mut pool: Vec<usize> = reps.clone();
+    pool.sort();
+    items
+        .iter()
+        .map(|&i| {
+            let item = data.items.get(i).ok_or_else(|| Error::input(format!("item {i} is not in the dataset")))?;
+            let own = &item.captions[0];
+            let mut others: Vec<usize> = pool
+                .iter()
+                .copied()
+                .filter(|&j| data.items[j].base != item.base && &data.items[j].captions[0] != own)
+                .collect();
+            if others.len() < count - 1 {
+                return Err(Error::input(format!(
+                    "{} candidate captions per image need {} other bases in the {} split; it has {}",
+                    count,
+                    count - 1,
+                    split.as_str(),
+                    others.len()
+                )));
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(fnv1a64(format!("proxy-candidates:{}", item.id).as_bytes()));
+            // Partial Fisher-Yates: the first count-1 positions.
+            for k in 0..count - 1 {
+                let j = rng.random_range(k..others.len());
+                others.swap(k, j);
+            }
+            others.truncate(count - 1);
+            let mut set = Vec::with_capacity(count);
+            set.push(i);
+            set.extend(others);
+            Ok(set)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_with_ties_are_pessimistic() {
+        assert_eq!(rank_of_first(&[0.9, 0.1, 0.2]), 1);
+        assert_eq!(rank_of_first(&[0.5, 0.5, 0.2]), 2);
+        assert_eq!(rank_of_first(&[0.0; 10]), 10);
+        assert_eq!(rank_of_first(&[f32::NAN, 0.1]), 2);
+        assert_eq!(top_k(&[1, 2, 5, 6], 5), 0.75);
+    }
+}
