@@ -86,6 +86,10 @@ pub struct ProxyTrainArgs {
     /// Decoder layers of the LLM the text features come from.
     #[arg(long, default_value_t = 8)]
     llm_layers: usize,
+    /// Diagnostic: train on this split's images only (the shipped scorer uses all); the other
+    /// split's real-image retrieval then measures how the scorer generalises to unseen images.
+    #[arg(long)]
+    only_split: Option<String>,
     /// Only time the text features of the first N distinct captions (no training, nothing written).
     #[arg(long)]
     bench_features: Option<usize>,
@@ -396,8 +400,12 @@ impl TrainProxy {
         config.embed_dim = a.embed_dim;
         config.validate("proxy-clip config")?;
         let index: std::collections::HashMap<&str, usize> = captions.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-        let all: Vec<usize> = (0..data.len()).collect();
-        let train_data = ProxyTrainData::new(&data, all, &raw, dim, &mean, &std, |c| index.get(c).copied())?;
+        let only = a.only_split.as_deref().map(parse_split).transpose()?;
+        let trained: Vec<usize> = match only {
+            Some(split) => data.indices(split),
+            None => (0..data.len()).collect(),
+        };
+        let train_data = ProxyTrainData::new(&data, trained.clone(), &raw, dim, &mean, &std, |c| index.get(c).copied())?;
         let mut trainer = ProxyClipTrainer::<AB>::new(config.clone(), settings.clone(), device)?;
 
         let mut log = std::fs::File::create(a.out.join(TRAIN_LOG)).context("cannot create the training log")?;
@@ -466,7 +474,8 @@ impl TrainProxy {
         }
         let mut config = config;
         config.training = Some(serde_json::json!({
-            "dataset": data.name, "images": data.len(), "splits": "train + heldout (all images)",
+            "dataset": data.name, "images": trained.len(),
+            "splits": only.map(|s| format!("{} only (diagnostic)", s.as_str())).unwrap_or_else(|| "train + heldout (all images)".into()),
             "distinct_captions": captions.len(), "settings": settings, "steps_done": trainer.step,
             "final_proxy_loss": last.map(|s| s.loss), "final_temperature": scorer.temperature(),
             "train_seconds": train_secs, "text_feature_seconds": feature_secs,
