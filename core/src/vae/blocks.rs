@@ -1,6 +1,7 @@
 use burn::module::Module;
 use burn::tensor::{activation::{silu, softmax}, backend::Backend, Tensor};
 
+use super::conv::conv;
 use crate::checkpoint::VarBuilder;
 use crate::layers::{Conv2d, Conv2dSpec, GroupNorm, Linear};
 
@@ -28,10 +29,10 @@ impl<B: Backend> ResnetBlock2D<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = conv(&self.conv2, silu(self.norm2.forward(h)));
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(c) => conv(c, x),
             None => x,
         };
         shortcut + h
@@ -85,6 +86,6 @@ impl<B: Backend> Upsample2D<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let up = x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w]);
-        self.conv.forward(up)
+        conv(&self.conv, up)
     }
 }

@@ -80,6 +80,18 @@ impl VaeConfig {
         1 << (self.block_out_channels.len().saturating_sub(1))
     }
 
+    /// A complete diffusers `config.json` for this VAE (`AutoencoderKL.from_pretrained` loads it).
+    pub fn diffusers_json(&self, sample_size: usize) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("serializable");
+        let n = self.block_out_channels.len();
+        v["_class_name"] = "AutoencoderKL".into();
+        v["down_block_types"] = serde_json::json!(vec!["DownEncoderBlock2D"; n]);
+        v["up_block_types"] = serde_json::json!(vec!["UpDecoderBlock2D"; n]);
+        v["sample_size"] = sample_size.into();
+        v["force_upcast"] = true.into();
+        v
+    }
+
     pub fn validate(&self, path: &str) -> Result<()> {
         let bad = |m: String| Err(Error::config(path, m));
         if self.block_out_channels.is_empty() {

@@ -1,7 +1,8 @@
 use burn::module::Module;
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
 
-use super::{AttentionBlock, ResnetBlock2D, Upsample2D, VaeConfig};
+use super::{AttentionBlock, Encoder, ResnetBlock2D, Upsample2D, VaeConfig};
+use super::conv::conv;
 use crate::checkpoint::{VarBuilder, Weights};
 use crate::error::Result;
 use crate::layers::{Conv2d, Conv2dSpec, GroupNorm};
@@ -89,17 +90,20 @@ impl<B: Backend> Decoder<B> {
     }
 
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.mid_block.forward(self.conv_in.forward(z));
+        let mut x = self.mid_block.forward(conv(&self.conv_in, z));
         for up in &self.up_blocks {
             x = up.forward(x);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv(&self.conv_out, silu(self.conv_norm_out.forward(x)))
     }
 }
 
-/// The decode half of diffusers' `AutoencoderKL`.
+/// diffusers' `AutoencoderKL`: always the decode half; the encoder and `quant_conv` when built
+/// with [`AutoencoderKl::build_full`] / [`AutoencoderKl::load_full`].
 #[derive(Module, Debug)]
 pub struct AutoencoderKl<B: Backend> {
+    pub encoder: Option<Encoder<B>>,
+    pub quant_conv: Option<Conv2d<B>>,
     pub post_quant_conv: Option<Conv2d<B>>,
     pub decoder: Decoder<B>,
     #[module(skip)]
@@ -117,6 +121,8 @@ impl<B: Backend> AutoencoderKl<B> {
     pub fn build(vb: &VarBuilder<B>, c: &VaeConfig) -> Self {
         let l = c.latent_channels;
         Self {
+            encoder: None,
+            quant_conv: None,
             post_quant_conv: c
                 .use_post_quant_conv
                 .then(|| Conv2d::load(&vb.pp("post_quant_conv"), Conv2dSpec::new(l, l, 1))),
@@ -128,7 +134,7 @@ impl<B: Backend> AutoencoderKl<B> {
     /// `vae.decode(latents).sample` on already scaled latents.
     pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
         let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(latents),
+            Some(c) => conv(c, latents),
             None => latents,
         };
         self.decoder.forward(z)
