@@ -360,3 +360,35 @@ fn bench_reports_timings_split_and_flops_as_json() {
     expect_error(Command::new(BIN).args(["bench", "--preset", "baseline-tiny", "--dtype", "f16"]), "f16");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The shipped emoji model: `sample --prompt ... -o x.png` with no --model (the LLM comes from the
+/// SmolLM2 GGUF that `./build.sh setup` fetches).
+#[test]
+fn sample_without_a_model_uses_the_default_model() {
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    assert!(default.join("config.json").is_file(), "models/default is missing");
+    let dir = tempdir("cli-default-model");
+    let png = dir.join("apple.png");
+    let out = Command::new(BIN)
+        .args(["sample", "--prompt", "red apple", "--steps", "3", "-o"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n(is the SmolLM2 GGUF missing? run ./build.sh setup)");
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let info = decoder.read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (64, 64));
+
+    // A GGUF that is not the one the model was trained with is refused by name.
+    let bogus = dir.join("bogus.gguf");
+    std::fs::write(&bogus, b"GGUF not really").unwrap();
+    let out = Command::new(BIN)
+        .args(["sample", "--prompt", "red apple", "--steps", "1", "-o"])
+        .arg(dir.join("x.png"))
+        .env("RFGEN_SMOLLM2_GGUF", &bogus)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("sha256"), "{err}");
+}
