@@ -161,8 +161,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let kind: BackendKind = a.backend.parse()?;
             let split = parse_split(&a.prompts)?;
             if !a.real_only {
-                if a.model.is_none() {
-                    bail!("give --model DIR (the generator to score) or --real-only");
+                match &a.model {
+                    None => bail!("give --model DIR (the generator to score) or --real-only"),
+                    Some(m) if !m.is_dir() => bail!("model directory {} does not exist", m.display()),
+                    _ => {}
+                }
+                if let Some(v) = a.vae.as_ref().filter(|v| !v.is_dir()) {
+                    bail!("VAE directory {} does not exist", v.display());
                 }
                 SampleConfig { steps: a.steps, cfg: a.cfg }.validate()?;
                 if a.batch == 0 {

@@ -109,11 +109,10 @@ pub fn pick_items(data: &Dataset, split: Split, n: usize) -> Result<Vec<usize>> 
     let reps = split_representatives(data, split);
     if n > reps.len() {
         return Err(Error::input(format!(
-            "--n {n} is more than the {} items available in the {} split ({} has {} bases there; one item per base is scored)",
+            "--n {n} is more than the {} items the {} split of {} offers (one item per base is scored)",
             reps.len(),
             split.as_str(),
-            data.name,
-            reps.len()
+            data.name
         )));
     }
     Ok(reps[..n].to_vec())
