@@ -10,7 +10,7 @@ use rfgen_core::checkpoint::Weights;
 use rfgen_core::pipeline::VaeFiles;
 use rfgen_core::data::{load_dir, Dataset, Split};
 use rfgen_core::vae::train::{
-    load_checkpoint, save_checkpoint, train_vae, VaeRunOptions, VaeTrainConfig, VaeTrainer, VAE_WEIGHTS_FILE,
+    encode_flow_latents, load_checkpoint, save_checkpoint, train_vae, VaeRunOptions, VaeTrainConfig, VaeTrainer, VAE_WEIGHTS_FILE,
 };
 use rfgen_core::vae::{set_im2col, AutoencoderKl};
 use rfgen_tests::{read_io, tempdir, to_vec, Report};
@@ -231,6 +231,12 @@ fn exported_vae_loads_and_is_normalised() {
     let m = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
     let s = (z.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / z.len() as f64).sqrt();
     assert!(m.abs() < 1e-3 && (s - 1.0).abs() < 1e-3, "flow latents mean {m}, std {s}");
+    // encode_flow_latents (what `rfgen-cli encode-latents` writes) gives the same latents in
+    // dataset order.
+    let (all, shape) = encode_flow_latents(&vae, &data, &train, 5, &dev, &mut |_, _| {}).unwrap();
+    assert_eq!(shape, [train.len(), 4, 8, 8]);
+    let max = all.iter().zip(&z).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max < 1e-4, "batched latents differ by {max}");
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["_class_name"], "AutoencoderKL");
     assert_eq!(cfg["down_block_types"].as_array().unwrap().len(), 2);

@@ -96,7 +96,6 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     if data.size % f != 0 {
         bail!("dataset images are {}px, not a multiple of the VAE's downsampling factor {f}", data.size);
     }
-    rfgen_core::vae::set_im2col(kind == BackendKind::Ndarray);
     let start = Instant::now();
     let (latents, shape) = rfgen_backends::run(kind, Task { files: &files, data: &data, batch: args.batch })?;
     let secs = start.elapsed().as_secs_f64();

@@ -26,9 +26,10 @@ pub fn im2col_enabled() -> bool {
     IM2COL.with(Cell::get)
 }
 
-/// `conv.forward(x)`, through [`conv2d_im2col`] when enabled.
+/// `conv.forward(x)`, through [`conv2d_im2col`] when enabled and the weight is trained (burn's
+/// direct convolution is the faster forward-only pass).
 pub fn conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    if im2col_enabled() {
+    if im2col_enabled() && conv.weight.val().is_require_grad() {
         conv2d_im2col(conv, x)
     } else {
         conv.forward(x)
