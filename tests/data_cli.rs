@@ -138,6 +138,27 @@ fn real_sources_when_fetched() {
     let apple = ds.items.iter().find(|i| i.id == "1f34e").unwrap();
     assert!(apple.captions.contains(&"red apple".to_string()), "{apple:?}");
 
+    // The shipped VAE (models/default/vae) reconstructs the held-out emoji at ≥28 dB PSNR.
+    let vae = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default/vae");
+    let json = dir.join("vae_psnr.json");
+    let o = Command::new(BIN)
+        .args(["eval", "vae", "--min-psnr", "28", "--vae"])
+        .arg(&vae)
+        .arg("--data")
+        .arg(&out)
+        .arg("--out")
+        .arg(&json)
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((r["split"].as_str(), r["images"].as_u64()), (Some("heldout"), Some(ds.indices(Split::Heldout).len() as u64)));
+    assert!(r["psnr_db"].as_f64().unwrap() >= 28.0, "{r}");
+    // A bar it cannot reach is a clear failure, not a pass.
+    let o = Command::new(BIN).args(["eval", "vae", "--min-psnr", "99", "--vae"]).arg(&vae).arg("--data").arg(&out).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("below --min-psnr 99"), "{}", stderr(&o));
+
     let out = dir.join("digits");
     let o = data_cmd(&["digits"], &[("--source", &digits), ("--out", &out)]);
     assert!(o.status.success(), "{}", stderr(&o));

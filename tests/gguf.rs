@@ -560,3 +560,83 @@ fn llama_mapping_errors_name_the_problem() {
     let e = gguf::tokenizer(&GgufFile::parse(&write_gguf(&meta, &[])).unwrap()).unwrap_err().to_string();
     assert_names(&e, &["bos_token_id 99", "outside the vocabulary"]);
 }
+
+/// The compact LLM delta a stage-2 model stores against its GGUF: only changed tensors, only the
+/// changed rows of a mostly untouched embedding, added back exactly by the loader; misfits are
+/// errors that name the tensor.
+#[test]
+fn llm_delta_round_trip_and_errors() {
+    use rfgen_core::checkpoint::Weights;
+    let mut base = Weights::new();
+    base.insert_f32("model.embed_tokens.weight", vec![10, 4], ramp(40, 0.1));
+    base.insert_f32("model.layers.0.self_attn.q_proj.weight", vec![4, 4], ramp(16, 0.2));
+    base.insert_f32("model.norm.weight", vec![4], vec![1.0; 4]);
+    let mut trained = Weights::new();
+    for n in base.names() {
+        let mut v = base.read_f32(n).unwrap().unwrap();
+        match n {
+            "model.embed_tokens.weight" => [2usize, 7].iter().for_each(|&r| v[r * 4..r * 4 + 4].iter_mut().for_each(|x| *x += 0.25)),
+            "model.layers.0.self_attn.q_proj.weight" => v.iter_mut().enumerate().for_each(|(i, x)| *x -= 0.01 * i as f32),
+            _ => {}
+        }
+        trained.insert_f32(&format!("language_model.{n}"), base.shape(n).unwrap().to_vec(), v);
+    }
+    trained.insert_f32("gen_enc.proj.weight", vec![2], vec![3.0, 4.0]);
+    let delta = gguf::llm_delta(&trained, &base, "language_model.").unwrap();
+    let mut names: Vec<&str> = delta.names().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "language_model.model.embed_tokens.weight.delta_row_ids",
+            "language_model.model.embed_tokens.weight.delta_rows",
+            "language_model.model.layers.0.self_attn.q_proj.weight.delta",
+        ]
+    );
+    assert_eq!(delta.shape("language_model.model.embed_tokens.weight.delta_rows").unwrap(), [2, 4]);
+    assert_eq!(delta.read_f32("language_model.model.embed_tokens.weight.delta_row_ids").unwrap().unwrap(), [2.0, 7.0]);
+    assert!(gguf::has_delta(&delta));
+
+    // What the loader does: the GGUF's tensors under the model's keys, the stored deltas beside them.
+    let loaded = |delta: &Weights| {
+        let mut w = Weights::new();
+        for n in base.names() {
+            w.insert_f32(&format!("language_model.{n}"), base.shape(n).unwrap().to_vec(), base.read_f32(n).unwrap().unwrap());
+        }
+        for n in delta.names() {
+            w.insert_f32(n, delta.shape(n).unwrap().to_vec(), delta.read_f32(n).unwrap().unwrap());
+        }
+        w
+    };
+    let mut w = loaded(&delta);
+    gguf::apply_llm_delta(&mut w).unwrap();
+    assert!(!gguf::has_delta(&w));
+    for n in base.names() {
+        let key = format!("language_model.{n}");
+        let (a, b) = (w.read_f32(&key).unwrap().unwrap(), trained.read_f32(&key).unwrap().unwrap());
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max <= 1e-6, "{key}: {max}");
+    }
+
+    // Misfits.
+    let err = |mutate: &dyn Fn(&mut Weights)| {
+        let mut d = delta.clone();
+        mutate(&mut d);
+        let mut w = loaded(&d);
+        gguf::apply_llm_delta(&mut w).unwrap_err().to_string()
+    };
+    let e = err(&|d| d.insert_f32("language_model.model.embed_tokens.weight.delta_row_ids", vec![2], vec![2.0, 10.0]));
+    assert!(e.contains("row id 10") && e.contains("embed_tokens"), "{e}");
+    let e = err(&|d| d.insert_f32("language_model.model.layers.0.self_attn.q_proj.weight.delta", vec![4, 3], vec![0.0; 12]));
+    assert!(e.contains("q_proj.weight.delta") && e.contains("[4, 3]"), "{e}");
+    let e = err(&|d| d.insert_f32("language_model.model.layers.1.mlp.up_proj.weight.delta", vec![1], vec![0.0]));
+    assert!(e.contains("no language_model.model.layers.1.mlp.up_proj.weight"), "{e}");
+    let e = err(&|d| d.remove("language_model.model.embed_tokens.weight.delta_rows"));
+    assert!(e.contains("delta_row_ids has no .delta_rows"), "{e}");
+    let e = err(&|d| d.insert_f32("language_model.model.norm.weight.delta", vec![4], vec![f32::NAN; 4]));
+    assert!(e.contains("norm.weight") && e.contains("not finite"), "{e}");
+    let mut wrong = trained.clone();
+    wrong.insert_f32("language_model.model.norm.weight", vec![5], vec![1.0; 5]);
+    let e = gguf::llm_delta(&wrong, &base, "language_model.").unwrap_err().to_string();
+    assert!(e.contains("norm.weight") && e.contains("[5]"), "{e}");
+}

@@ -41,6 +41,8 @@ enum EvalCommand {
     ProxyClipTrain(ProxyTrainArgs),
     /// Caption retrieval (top-1 / top-5 among 100) of generated images with the proxy scorer, next to real images.
     ProxyClip(ProxyEvalArgs),
+    /// Reconstruction PSNR of a VAE on one split of a dataset (held-out by default).
+    Vae(crate::eval_vae::VaeEvalArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -176,6 +178,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             }
             rfgen_backends::run(kind, EvalProxy { args: a, split })?
         }
+        EvalCommand::Vae(a) => crate::eval_vae::run(a),
     }
 }
 

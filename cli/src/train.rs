@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use rand::Rng;
 use rfgen_backends::{BackendKind, TrainTask};
-use rfgen_core::checkpoint::{VarBuilder, Weights};
+use rfgen_core::checkpoint::{StoredDtype, VarBuilder, Weights};
 use rfgen_core::data::{load_dir, Dataset, Split};
 use rfgen_core::pipeline::{read_generator_config, Pipeline, VaeFiles};
 use rfgen_core::sampler::SampleConfig;
@@ -348,7 +348,7 @@ impl Train {
         }
         eprintln!();
         self.save_checkpoint(&trainer, &ckpt_dir)?;
-        self.export_model(&trainer, &config)?;
+        self.export_model(&trainer, &config, llm.as_ref())?;
         self.sample_grid::<B>(&trainer, &config, &data, llm.as_ref(), device)?;
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
@@ -371,21 +371,34 @@ impl Train {
         })
     }
 
-    /// OUT/model: config.json + the EMA weights, loadable with `sample --model`. A GGUF LLM that
-    /// stage 2 never changed is not stored (the model loads it from the GGUF).
-    fn export_model<B: AutodiffBackend>(&self, trainer: &FlowTrainer<B>, config: &GeneratorConfig) -> Result<()> {
+    /// OUT/model: config.json + the EMA weights, loadable with `sample --model`. A GGUF LLM is not
+    /// stored: stage 1 leaves it as it is, and what stage 2 changed is stored as a compact delta
+    /// against the GGUF (rfgen_core::gguf::llm_delta; the loader adds it back).
+    fn export_model<B: AutodiffBackend>(&self, trainer: &FlowTrainer<B>, config: &GeneratorConfig, llm: Option<&GgufLlm>) -> Result<()> {
         let dtype = crate::convert::parse_dtype(&self.args.save_dtype)?;
         let mut weights = trainer.ema_weights();
-        if config.llm_gguf.is_some() && trainer.step <= trainer.config.stage1_steps {
-            let llm: Vec<String> = weights.names().filter(|n| n.starts_with("language_model.")).map(str::to_string).collect();
-            for n in llm {
+        if config.llm_gguf.is_some() {
+            let delta = match llm {
+                Some(l) if trainer.step > trainer.config.stage1_steps => Some(gguf::llm_delta(&weights, &l.weights, "language_model.")?),
+                _ => None,
+            };
+            let names: Vec<String> = weights.names().filter(|n| n.starts_with("language_model.")).map(str::to_string).collect();
+            for n in names {
                 weights.remove(&n);
+            }
+            if let Some(delta) = delta {
+                for n in delta.names() {
+                    let values = delta.read_f32(n).expect("listed").expect("f32");
+                    weights.insert_f32(n, delta.shape(n).expect("listed").to_vec(), values);
+                }
             }
         }
         let mut stored = Weights::new();
         for name in weights.names() {
             let values = weights.read_f32(name).expect("listed").expect("f32");
             let shape = weights.shape(name).expect("listed").to_vec();
+            // Row numbers stay exact integers in f32 whatever the save dtype.
+            let dtype = if name.ends_with(gguf::DELTA_ROW_IDS) { StoredDtype::F32 } else { dtype };
             stored.insert_raw(name, dtype, shape, rfgen_core::checkpoint::encode_f32(&values, dtype));
         }
         let weights = stored;

@@ -49,6 +49,8 @@ impl ModelFiles {
                 let values = llm.read_f32(name).expect("listed").expect("f32");
                 weights.insert_f32(&format!("language_model.{name}"), llm.shape(name).expect("listed").to_vec(), values);
             }
+            // What stage 2 changed is stored as a delta against the GGUF.
+            crate::gguf::apply_llm_delta(&mut weights)?;
             tokenizer_json = tokenizer_json.or(Some(json));
         }
         Ok(Self { config, generation, weights, tokenizer_json })

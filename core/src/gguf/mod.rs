@@ -9,6 +9,7 @@
 //! let tok = tokenizer(&file)?;
 //! ```
 
+mod delta;
 mod dequant;
 mod llama;
 mod reader;
@@ -16,6 +17,7 @@ mod tokenizer;
 mod types;
 mod writer;
 
+pub use delta::{apply_llm_delta, has_delta, llm_delta, DELTA, DELTA_ROWS, DELTA_ROW_IDS};
 pub use dequant::dequantize;
 pub use llama::{hf_llama_name, llama_config, llama_weights, reverse_permute_rows};
 pub use reader::{GgufFile, TensorInfo, Value, ValueType, DEFAULT_ALIGNMENT, MAX_DIMS};

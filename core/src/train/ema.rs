@@ -31,7 +31,9 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Update<'_, AB::InnerBackend> {
         let p = p.reshape([dims.iter().product::<usize>()]);
         let d = self.decay;
         let entry = match self.ema.values.remove(key) {
-            Some((e, _, _)) => e.mul_scalar(d) + p.mul_scalar(1.0 - d),
+            // e + (1 − d)·(p − e) (torch's lerp_): exactly e wherever p did not move, so weights
+            // that never changed (e.g. unused embedding rows) keep their value bit for bit.
+            Some((e, _, _)) => e.clone() + (p - e).mul_scalar(1.0 - d),
             None => p,
         };
         self.ema.values.insert(key.to_string(), (entry, dims, transposed));

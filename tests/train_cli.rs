@@ -1,0 +1,128 @@
+//! `rfgen-cli train` end to end: a digits run in pixel space that `--resume` continues, and — with
+//! the SmolLM2 GGUF `./build.sh setup` fetches — the LLM kept out of the exported model in stage 1
+//! and stored as a compact delta against the GGUF after stage 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rfgen_core::checkpoint::Weights;
+use rfgen_core::pipeline::ModelFiles;
+use rfgen_tests::tempdir;
+
+#[path = "data_fixtures.rs"]
+mod fixtures;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rfgen-cli");
+
+fn run(cmd: &mut Command) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn digits(dir: &Path) -> PathBuf {
+    let csv = dir.join("digits.csv");
+    std::fs::write(&csv, fixtures::digits_csv(24)).unwrap();
+    let out = dir.join("digits");
+    run(Command::new(BIN).args(["data", "digits", "--size", "8", "--source"]).arg(&csv).arg("--out").arg(&out));
+    out
+}
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["train", "--preset", "both-tiny", "--pixels", "--data"]).arg(data).arg("--out").arg(out);
+    c.args(["--batch", "4", "--lr", "1e-3", "--warmup", "1", "--sample-every", "0", "--log-every", "1"]).args(extra);
+    c
+}
+
+fn log_steps(run_dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run_dir.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["loss"].as_f64().unwrap().is_finite(), "{l}");
+            v["step"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+fn weights(path: &Path) -> Weights {
+    Weights::from_safetensors(&path.display().to_string(), std::fs::read(path).unwrap()).unwrap()
+}
+
+fn max_diff(a: &Weights, b: &Weights, name: &str) -> f32 {
+    let (x, y) = (a.read_f32(name).unwrap().unwrap(), b.read_f32(name).unwrap().unwrap());
+    assert_eq!(x.len(), y.len(), "{name}");
+    x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max)
+}
+
+#[test]
+fn digits_run_and_resume() {
+    let dir = tempdir("train-cli-digits");
+    let data = digits(&dir);
+    let out = dir.join("run");
+    run(&mut train(&data, &out, &["--steps", "3", "--ckpt-every", "2"]));
+    assert_eq!(log_steps(&out), [1, 2, 3]);
+    assert!(out.join("model/config.json").is_file() && out.join("model/model.safetensors").is_file());
+    run(&mut train(&data, &out, &["--steps", "5", "--resume"]));
+    assert_eq!(log_steps(&out), [1, 2, 3, 4, 5]);
+    // The exported model samples.
+    let dump = dir.join("dump.safetensors");
+    run(Command::new(BIN)
+        .args(["sample", "--model"])
+        .arg(out.join("model"))
+        .args(["--prompt", "the digit 7", "--steps", "2", "--seed", "1", "--dump"])
+        .arg(&dump));
+    let z1 = weights(&dump).read_f32("z1").unwrap().unwrap();
+    assert!(!z1.is_empty() && z1.iter().all(|v| v.is_finite()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn smollm2_gguf() -> Option<PathBuf> {
+    let p = match std::env::var_os("RFGEN_SMOLLM2_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/rfgen/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn gguf_llm_is_not_stored_in_stage_one_and_is_a_delta_after_stage_two() {
+    let Some(gguf) = smollm2_gguf() else {
+        eprintln!("skipped: run ./build.sh setup to fetch the SmolLM2 GGUF");
+        return;
+    };
+    let dir = tempdir("train-cli-gguf");
+    let data = digits(&dir);
+    let llm = ["--llm-gguf", gguf.to_str().unwrap(), "--llm-layers", "1", "--save-dtype", "f32"];
+
+    let stage1 = dir.join("stage1");
+    run(train(&data, &stage1, &["--steps", "2"]).args(llm));
+    let w = weights(&stage1.join("model/model.safetensors"));
+    assert!(!w.names().any(|n| n.starts_with("language_model.")), "stage 1 stored LLM tensors");
+
+    let stage2 = dir.join("stage2");
+    run(train(&data, &stage2, &["--steps", "3", "--stage1-steps", "1"]).args(llm));
+    let w = weights(&stage2.join("model/model.safetensors"));
+    let llm_names: Vec<&str> = w.names().filter(|n| n.starts_with("language_model.")).collect();
+    assert!(!llm_names.is_empty() && llm_names.iter().all(|n| n.contains(".delta")), "{llm_names:?}");
+    // Only the embedding rows of tokens the prompts used moved.
+    let rows = w.shape("language_model.model.embed_tokens.weight.delta_rows").expect("embedding rows delta");
+    assert!(rows[0] > 0 && rows[0] < 1000 && rows[1] == 576, "{rows:?}");
+    let size = std::fs::metadata(stage2.join("model/model.safetensors")).unwrap().len();
+    assert!(size < 40_000_000, "{size} bytes: the delta is not compact");
+
+    // Loading it (GGUF + delta) gives the trained EMA weights.
+    std::env::set_var("RFGEN_SMOLLM2_GGUF", &gguf);
+    let loaded = ModelFiles::read_dir(&stage2.join("model")).unwrap().weights;
+    let ema = weights(&stage2.join("checkpoint/ema.safetensors"));
+    let mut checked = 0;
+    for name in ema.names().filter(|n| n.starts_with("language_model.")) {
+        let d = max_diff(&loaded, &ema, name);
+        assert!(d <= 1e-5, "{name}: {d}");
+        checked += 1;
+    }
+    assert!(checked >= 9, "{checked}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
