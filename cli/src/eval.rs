@@ -127,10 +127,12 @@ pub struct ProxyEvalArgs {
     /// Candidate captions per image (its own + others of the same split).
     #[arg(long, default_value_t = 100)]
     candidates: usize,
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    cfg: f64,
+    /// Euler steps [default: the model's generation num_inference_steps, else 30].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Guidance weight [default: the model's generation cfg_weight, else 2].
+    #[arg(long, allow_negative_numbers = true)]
+    cfg: Option<f64>,
     /// Noise seed (each item's noise also depends on its id, not on the batch).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -171,7 +173,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 if let Some(v) = a.vae.as_ref().filter(|v| !v.is_dir()) {
                     bail!("VAE directory {} does not exist", v.display());
                 }
-                SampleConfig { steps: a.steps, cfg: a.cfg }.validate()?;
+                SampleConfig { steps: a.steps.unwrap_or(30), cfg: a.cfg.unwrap_or(2.0) }.validate()?;
                 if a.batch == 0 {
                     bail!("--batch must be at least 1");
                 }
@@ -573,7 +575,7 @@ impl EvalProxy {
 
         let gen = if a.real_only { None } else { Some(self.generate::<B>(&data, &scored.items, device)?) };
         let mut items = Vec::new();
-        if let Some((images, side, secs)) = &gen {
+        if let Some((images, side, secs, used)) = &gen {
             let stats = scored.rank(&scorer.embed_images(images, *side), dim)?;
             let ratio = |g: f64, r: f64| if r > 0.0 { serde_json::json!(g / r) } else { serde_json::Value::Null };
             let obj = report.as_object_mut().expect("object");
@@ -585,7 +587,7 @@ impl EvalProxy {
             obj.insert(
                 "generator".into(),
                 serde_json::json!({"model": a.model.as_ref().map(|m| m.display().to_string()),
-                    "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": a.steps, "cfg": a.cfg,
+                    "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": used.steps, "cfg": used.cfg,
                     "seed": a.seed, "image_size": side, "seconds": secs}),
             );
             println!(
@@ -627,7 +629,12 @@ impl EvalProxy {
     }
 
     /// One image per item (its first caption), noise seeded by (--seed, item id).
-    fn generate<B: Backend>(&self, data: &Dataset, items: &[usize], device: &B::Device) -> Result<(Vec<Vec<u8>>, usize, f64)> {
+    fn generate<B: Backend>(
+        &self,
+        data: &Dataset,
+        items: &[usize],
+        device: &B::Device,
+    ) -> Result<(Vec<Vec<u8>>, usize, f64, SampleConfig)> {
         let a = &self.args;
         let model = a.model.as_ref().expect("checked in run");
         let vae = self.vae_dir().as_deref().map(VaeFiles::read_dir).transpose()?;
@@ -639,7 +646,11 @@ impl EvalProxy {
         let ids = pipe.tokenize(&prompts)?;
         let hw = pipe.default_latent_hw();
         let c = pipe.model.latent_channels();
-        let config = SampleConfig { steps: a.steps, cfg: a.cfg };
+        let config = SampleConfig {
+            steps: a.steps.or(pipe.generation.num_inference_steps).unwrap_or(30),
+            cfg: a.cfg.or(pipe.generation.cfg_weight).unwrap_or(2.0),
+        };
+        config.validate()?;
         let start = Instant::now();
         let mut images = Vec::with_capacity(items.len());
         let mut side = 0;
@@ -659,7 +670,7 @@ impl EvalProxy {
             let _ = std::io::stderr().flush();
         }
         eprintln!();
-        Ok((images, side, start.elapsed().as_secs_f64()))
+        Ok((images, side, start.elapsed().as_secs_f64(), config))
     }
 }
 

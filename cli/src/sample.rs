@@ -32,12 +32,13 @@ pub struct SampleArgs {
     /// A full token sequence [BOS, ..., BOG] (bypasses tokenizer and template), e.g. 1,5,9; repeatable.
     #[arg(long = "token-ids", value_delimiter = ';')]
     token_ids: Vec<String>,
-    /// Euler steps.
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
-    /// Classifier-free guidance weight w (v = w v_cond - (w - 1) v_uncond).
-    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
-    cfg: f64,
+    /// Euler steps [default: the model's generation num_inference_steps, else 30].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance weight w (v = w v_cond - (w - 1) v_uncond) [default: the model's
+    /// generation cfg_weight, else 2].
+    #[arg(long, allow_negative_numbers = true)]
+    cfg: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -64,6 +65,10 @@ pub struct SampleArgs {
     grid: bool,
 }
 
+/// JanusFlow's defaults, for models whose generation config names none.
+const DEFAULT_STEPS: usize = 30;
+const DEFAULT_CFG: f64 = 2.0;
+
 pub fn run(args: SampleArgs) -> Result<()> {
     let backend: BackendKind = args.backend.parse()?;
     let precision: Precision = args.dtype.parse()?;
@@ -73,7 +78,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if !args.prompts.is_empty() && !args.token_ids.is_empty() {
         bail!("give either --prompt or --token-ids, not both");
     }
-    SampleConfig { steps: args.steps, cfg: args.cfg }.validate()?;
+    SampleConfig { steps: args.steps.unwrap_or(DEFAULT_STEPS), cfg: args.cfg.unwrap_or(DEFAULT_CFG) }.validate()?;
     let mut args = args;
     if args.model.is_none() && args.preset.is_none() {
         args.model = Some(default_model_dir()?);
@@ -172,8 +177,12 @@ impl SampleTask {
             }
         };
 
-        let config = SampleConfig { steps: a.steps, cfg: a.cfg };
-        let progress = Progress::new(a.steps);
+        let config = SampleConfig {
+            steps: a.steps.or(pipe.generation.num_inference_steps).unwrap_or(DEFAULT_STEPS),
+            cfg: a.cfg.or(pipe.generation.cfg_weight).unwrap_or(DEFAULT_CFG),
+        };
+        config.validate()?;
+        let progress = Progress::new(config.steps);
         let mut v_steps: Vec<Vec<f32>> = Vec::new();
         let keep_v = a.dump.is_some();
         let out = pipe.generate(&prompts, z0, &config, |e| {
