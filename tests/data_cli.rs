@@ -155,14 +155,15 @@ fn real_sources_when_fetched() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!((r["split"].as_str(), r["images"].as_u64()), (Some("heldout"), Some(ds.indices(Split::Heldout).len() as u64)));
     assert!(r["psnr_db"].as_f64().unwrap() >= 28.0, "{r}");
-    // A bar it cannot reach is a clear failure, not a pass.
-    let o = Command::new(BIN).args(["eval", "vae", "--min-psnr", "99", "--vae"]).arg(&vae).arg("--data").arg(&out).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("below --min-psnr 99"), "{}", stderr(&o));
 
     let out = dir.join("digits");
     let o = data_cmd(&["digits"], &[("--source", &digits), ("--out", &out)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ds = data::load_dir(&out).unwrap();
     assert_eq!((ds.len(), ds.size, ds.indices(Split::Heldout).len()), (1797, 32, 180));
+    // A bar the VAE cannot reach is a clear failure, not a pass (on the small digits split: the
+    // debug build evaluates slowly).
+    let o = Command::new(BIN).args(["eval", "vae", "--min-psnr", "99", "--vae"]).arg(&vae).arg("--data").arg(&out).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("below --min-psnr 99"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
