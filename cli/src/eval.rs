@@ -20,6 +20,7 @@ use rfgen_core::eval::{
     SCORER_CONFIG, SCORER_WEIGHTS, TEXT_CACHE,
 };
 use rfgen_core::pipeline::{find_llm_gguf, ModelFiles, Pipeline, VaeFiles};
+use rfgen_core::janusflow::GenerationConfig;
 use rfgen_core::sampler::{SampleConfig, VelocityModel};
 
 use crate::output::{grid, write_atomic, write_png};
@@ -173,7 +174,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 if let Some(v) = a.vae.as_ref().filter(|v| !v.is_dir()) {
                     bail!("VAE directory {} does not exist", v.display());
                 }
-                SampleConfig { steps: a.steps.unwrap_or(30), cfg: a.cfg.unwrap_or(2.0) }.validate()?;
+                GenerationConfig::default().sample_config(a.steps, a.cfg).validate()?;
                 if a.batch == 0 {
                     bail!("--batch must be at least 1");
                 }
@@ -646,10 +647,7 @@ impl EvalProxy {
         let ids = pipe.tokenize(&prompts)?;
         let hw = pipe.default_latent_hw();
         let c = pipe.model.latent_channels();
-        let config = SampleConfig {
-            steps: a.steps.or(pipe.generation.num_inference_steps).unwrap_or(30),
-            cfg: a.cfg.or(pipe.generation.cfg_weight).unwrap_or(2.0),
-        };
+        let config = pipe.generation.sample_config(a.steps, a.cfg);
         config.validate()?;
         let start = Instant::now();
         let mut images = Vec::with_capacity(items.len());

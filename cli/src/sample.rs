@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use clap::Args;
 use rfgen_backends::{BackendKind, BackendTask, Precision};
 use rfgen_core::pipeline::{ModelFiles, Pipeline, VaeFiles};
-use rfgen_core::sampler::SampleConfig;
+use rfgen_core::janusflow::GenerationConfig;
 use rfgen_core::structured::preset;
 
 use crate::output::{grid, png_paths, read_noise, write_png, write_safetensors, Named};
@@ -65,10 +65,6 @@ pub struct SampleArgs {
     grid: bool,
 }
 
-/// JanusFlow's defaults, for models whose generation config names none.
-const DEFAULT_STEPS: usize = 30;
-const DEFAULT_CFG: f64 = 2.0;
-
 pub fn run(args: SampleArgs) -> Result<()> {
     let backend: BackendKind = args.backend.parse()?;
     let precision: Precision = args.dtype.parse()?;
@@ -78,7 +74,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if !args.prompts.is_empty() && !args.token_ids.is_empty() {
         bail!("give either --prompt or --token-ids, not both");
     }
-    SampleConfig { steps: args.steps.unwrap_or(DEFAULT_STEPS), cfg: args.cfg.unwrap_or(DEFAULT_CFG) }.validate()?;
+    GenerationConfig::default().sample_config(args.steps, args.cfg).validate()?;
     let mut args = args;
     if args.model.is_none() && args.preset.is_none() {
         args.model = Some(default_model_dir()?);
@@ -177,10 +173,7 @@ impl SampleTask {
             }
         };
 
-        let config = SampleConfig {
-            steps: a.steps.or(pipe.generation.num_inference_steps).unwrap_or(DEFAULT_STEPS),
-            cfg: a.cfg.or(pipe.generation.cfg_weight).unwrap_or(DEFAULT_CFG),
-        };
+        let config = pipe.generation.sample_config(a.steps, a.cfg);
         config.validate()?;
         let progress = Progress::new(config.steps);
         let mut v_steps: Vec<Vec<f32>> = Vec::new();

@@ -211,3 +211,14 @@ pub struct GenerationConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_template: Option<String>,
 }
+
+impl GenerationConfig {
+    /// Sampling settings: the given ones, else this config's, else [`SampleConfig::default`].
+    pub fn sample_config(&self, steps: Option<usize>, cfg: Option<f64>) -> crate::sampler::SampleConfig {
+        let d = crate::sampler::SampleConfig::default();
+        crate::sampler::SampleConfig {
+            steps: steps.or(self.num_inference_steps).unwrap_or(d.steps),
+            cfg: cfg.or(self.cfg_weight).unwrap_or(d.cfg),
+        }
+    }
+}
