@@ -101,6 +101,20 @@ fn gguf_llm_is_not_stored_in_stage_one_and_is_a_delta_after_stage_two() {
     run(train(&data, &stage1, &["--steps", "2"]).args(llm));
     let w = weights(&stage1.join("model/model.safetensors"));
     assert!(!w.names().any(|n| n.starts_with("language_model.")), "stage 1 stored LLM tensors");
+    // A config without a prompt template gets SmolLM2's chat format; one with its own keeps it.
+    let config_of = |run: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(run.join("model/config.json")).unwrap()).unwrap()
+    };
+    let mut config = config_of(&stage1);
+    assert!(config["generation"]["prompt_template"].as_str().unwrap().starts_with("<|im_start|>user\n{prompt}"));
+    config["generation"]["prompt_template"] = "{prompt}".into();
+    let own = dir.join("own-template.json");
+    std::fs::write(&own, serde_json::to_vec(&config).unwrap()).unwrap();
+    let own_run = dir.join("own-template");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["train", "--config"]).arg(&own).args(["--pixels", "--data"]).arg(&data).arg("--out").arg(&own_run);
+    run(cmd.args(["--steps", "1", "--batch", "2", "--sample-every", "0"]).args(llm));
+    assert_eq!(config_of(&own_run)["generation"]["prompt_template"], "{prompt}");
 
     let stage2 = dir.join("stage2");
     run(train(&data, &stage2, &["--steps", "3", "--stage1-steps", "1"]).args(llm));

@@ -104,7 +104,8 @@ struct GgufLlm {
     tokenizer_json: Vec<u8>,
 }
 
-/// Points `config` at the GGUF's first `layers` layers, with its tokenizer and chat format.
+/// Points `config` at the GGUF's first `layers` layers, with its tokenizer and (unless the config
+/// names its own `generation.prompt_template`) SmolLM2's chat format.
 fn llm_from_gguf(path: &Path, layers: Option<usize>, config: &mut GeneratorConfig) -> Result<GgufLlm> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {} (run ./build.sh setup)", path.display()))?;
     let file = gguf::GgufFile::parse(&bytes)?;
@@ -114,7 +115,7 @@ fn llm_from_gguf(path: &Path, layers: Option<usize>, config: &mut GeneratorConfi
     config.generation.bos_token_id = Some(id("<|im_start|>")?);
     config.generation.pad_token_id = Some(id("<|im_end|>")?);
     config.generation.image_gen_token_id = Some(id("<|endoftext|>")?);
-    config.generation.prompt_template = Some(SMOLLM_TEMPLATE.into());
+    config.generation.prompt_template.get_or_insert_with(|| SMOLLM_TEMPLATE.into());
     config.generation.tokenizer = None;
     config.llm_gguf = Some(LlmGguf {
         file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
