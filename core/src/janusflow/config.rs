@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::llama::LlamaConfig;
+use crate::sampler::SampleConfig;
 
 /// `vision_gen_enc_config.params` (constructor arguments of the official `ShallowUViTEncoder`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,9 +215,9 @@ pub struct GenerationConfig {
 
 impl GenerationConfig {
     /// Sampling settings: the given ones, else this config's, else [`SampleConfig::default`].
-    pub fn sample_config(&self, steps: Option<usize>, cfg: Option<f64>) -> crate::sampler::SampleConfig {
-        let d = crate::sampler::SampleConfig::default();
-        crate::sampler::SampleConfig {
+    pub fn sample_config(&self, steps: Option<usize>, cfg: Option<f64>) -> SampleConfig {
+        let d = SampleConfig::default();
+        SampleConfig {
             steps: steps.or(self.num_inference_steps).unwrap_or(d.steps),
             cfg: cfg.or(self.cfg_weight).unwrap_or(d.cfg),
         }
