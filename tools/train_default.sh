@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces models/default (the emoji model `rfgen-cli sample` uses when no --model is given):
 # data → VAE → latents → generator (SmolLM2-135M's first layer, frozen; "both" arm) → assembly.
-# The shipped weights: BACKEND=cuda ./tools/train_default.sh on one H100 (CLI built with
-# --no-default-features --features cuda). CPU only: ./tools/train_default.sh (about 84 minutes on 2
+# The shipped weights: BACKEND=cuda ./tools/train_default.sh on one H100 (the CLI is then built
+# with the ndarray and cuda backends). CPU only: ./tools/train_default.sh (about 84 minutes on 2
 # cores; a weaker generator: 4200 steps of batch 16 instead of 10900 of batch 128).
 set -euo pipefail
 cd "$(dirname "$0")/.."

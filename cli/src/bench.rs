@@ -290,11 +290,8 @@ mod goldens {
             s.lines().find_map(|l| l.find("CUDA Version:").map(|i| l[i + 13..].trim().trim_end_matches('|').trim().to_string()))
         });
         let driver = std::fs::read_to_string("/proc/driver/nvidia/version").ok().and_then(|s| s.lines().next().map(str::to_string));
-        // burn-cuda's tensor-core matmul stages f32 inputs as TF32 (tests/cuda_goldens.rs widens its
-        // tolerance for such goldens).
-        let matmul = if a.backend == "cuda" && a.dtype == "f32" { "tf32" } else { a.dtype.as_str() };
         serde_json::json!({
-            "backend": a.backend, "dtype": a.dtype, "matmul": matmul,
+            "backend": a.backend, "dtype": a.dtype,
             "gpu": smi, "cuda_version": cuda, "nvidia_driver": driver,
             "burn": BURN_VERSION, "rfgen": env!("CARGO_PKG_VERSION"),
             "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
