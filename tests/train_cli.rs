@@ -140,3 +140,52 @@ fn gguf_llm_is_not_stored_in_stage_one_and_is_a_delta_after_stage_two() {
     assert!(checked >= 9, "{checked}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn init_from_starts_a_run_from_a_trained_model() {
+    let dir = tempdir("train-cli-init-from");
+    let data = digits(&dir);
+    let first = dir.join("first");
+    run(&mut train(&data, &first, &["--steps", "3"]));
+    let source = first.join("model");
+
+    // No steps: the exported model is the one it started from, bit for bit.
+    let copy = dir.join("copy");
+    run(train(&data, &copy, &["--steps", "0", "--seed", "7", "--init-from"]).arg(&source));
+    let (a, b) = (weights(&source.join("model.safetensors")), weights(&copy.join("model/model.safetensors")));
+    assert_eq!(a.len(), b.len());
+    for name in a.names() {
+        assert_eq!(max_diff(&a, &b, name), 0.0, "{name}");
+    }
+
+    // It trains on from there (fresh optimizer and step count) and keeps all of it on --resume.
+    let more = dir.join("more");
+    run(train(&data, &more, &["--steps", "2", "--init-from"]).arg(&source));
+    assert_eq!(log_steps(&more), [1, 2]);
+    run(&mut train(&data, &more, &["--steps", "3", "--resume"]));
+    assert_eq!(log_steps(&more), [1, 2, 3]);
+
+    // A model of another shape, a missing directory, and --resume with it are refused.
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(source.join("config.json")).unwrap()).unwrap();
+    let layers = config["decoder"]["num_layers"].as_u64().unwrap();
+    config["decoder"]["num_layers"] = (layers + 1).into();
+    let deeper = dir.join("deeper.json");
+    std::fs::write(&deeper, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut other = Command::new(BIN);
+    other.args(["train", "--config"]).arg(&deeper).args(["--pixels", "--data"]).arg(&data).arg("--out").arg(dir.join("other"));
+    other.args(["--steps", "1", "--batch", "2", "--sample-every", "0", "--init-from"]).arg(&source);
+    for (mut cmd, needle) in [
+        (other, "--init-from"),
+        (train(&data, &dir.join("missing"), &["--steps", "1", "--init-from", "/nonexistent/model"]), "cannot read"),
+        (train(&data, &more, &["--steps", "4", "--resume", "--init-from"]), "cannot be used with"),
+    ] {
+        if needle == "cannot be used with" {
+            cmd.arg(&source);
+        }
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "expected an error with {needle:?}, got: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// Keep only the GGUF LLM's first K layers.
     #[arg(long, requires = "llm_gguf")]
     llm_layers: Option<usize>,
+    /// Start from a trained generator (a model directory such as models/default or RUN/model):
+    /// its weights replace the random initialisation; the optimizer, EMA and step start afresh.
+    #[arg(long, conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
 }
 
 /// SmolLM2's chat format around the prompt; `<|endoftext|>` then marks the start of the image.
@@ -140,6 +144,40 @@ fn initial_weights<B: burn::tensor::backend::Backend>(config: &GeneratorConfig, 
         w.insert_f32(&key, shape, values);
     }
     w
+}
+
+/// The weights of a trained generator directory, checked against the run's parameters: every
+/// parameter (but the LLM's when it comes from a GGUF) must be there with the run's shape, and
+/// nothing else may be (an LLM delta from stage 2 is not folded back in).
+fn pretrained_weights(dir: &Path, init: &Weights, llm_from_gguf: bool) -> Result<Weights> {
+    let from_init = |k: &str| llm_from_gguf && k.starts_with("language_model.");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("--init-from: cannot read {}", path.display()))?;
+    let pre = Weights::from_safetensors(&path.display().to_string(), bytes)?;
+    for key in init.names().filter(|k| !from_init(k)) {
+        match pre.shape(key) {
+            None => bail!("--init-from {}: it has no `{key}`; the run's config does not match that model's", dir.display()),
+            Some(s) if s != init.shape(key).expect("listed") => bail!(
+                "--init-from {}: `{key}` has shape {s:?}, the run's config needs {:?}",
+                dir.display(),
+                init.shape(key).expect("listed")
+            ),
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = pre.names().find(|k| !init.contains(k)) {
+        bail!("--init-from {}: `{extra}` is not a parameter of the run's config (an LLM delta or another architecture)", dir.display());
+    }
+    let mut w = Weights::new();
+    for key in init.names() {
+        let src = if from_init(key) { init } else { &pre };
+        let values = src.read_f32(key).expect("checked").map_err(|d| anyhow::anyhow!("--init-from: `{key}` has dtype {d}"))?;
+        if values.iter().any(|x| !x.is_finite()) {
+            bail!("--init-from {}: `{key}` contains NaN or infinite values", dir.display());
+        }
+        w.insert_f32(key, init.shape(key).expect("listed").to_vec(), values);
+    }
+    Ok(w)
 }
 
 /// Training images as flat `[N, c, h, w]` f32 targets.
@@ -284,7 +322,11 @@ impl Train {
             eprintln!("resuming {} at step {}", a.out.display(), state.step);
             FlowTrainer::resume(model, vb.param_keys(), &state, &ema, &optim, pad_id, device)?
         } else {
-            let init = initial_weights::<B>(&config, a.seed, llm.as_ref(), device);
+            let mut init = initial_weights::<B>(&config, a.seed, llm.as_ref(), device);
+            if let Some(dir) = &a.init_from {
+                init = pretrained_weights(dir, &init, llm.is_some())?;
+                eprintln!("initialised from {}", dir.display());
+            }
             let vb = VarBuilder::<B>::new(&init, device);
             let model = FlowGenerator::build(&vb, &config);
             vb.clone().finish(&[])?;
