@@ -132,52 +132,62 @@ fn llm_from_gguf(path: &Path, layers: Option<usize>, config: &mut GeneratorConfi
     Ok(GgufLlm { weights, tokenizer_json })
 }
 
-/// Fresh weights: the GGUF's LLM where given, seeded random values for everything else.
-fn initial_weights<B: burn::tensor::backend::Backend>(config: &GeneratorConfig, seed: u64, llm: Option<&GgufLlm>, device: &B::Device) -> Weights {
+/// Fresh weights: the GGUF's LLM where given; the rest from a trained model (`--init-from`) or
+/// seeded random values.
+fn initial_weights<B: burn::tensor::backend::Backend>(
+    config: &GeneratorConfig,
+    seed: u64,
+    llm: Option<&GgufLlm>,
+    pretrained: Option<&Pretrained>,
+    device: &B::Device,
+) -> Result<Weights> {
     let mut w = Weights::new();
     for (key, shape) in ModelKind::Generator(config.clone()).expected::<B>(device) {
-        let from_llm = llm.and_then(|l| key.strip_prefix("language_model.").and_then(|k| l.weights.read_f32(k)));
-        let values = match from_llm {
-            Some(Ok(v)) => v,
+        let from_llm = llm.and_then(|l| key.strip_prefix("language_model.").map(|k| l.weights.read_f32(k)));
+        let values = match (from_llm, pretrained) {
+            (Some(Some(Ok(v))), _) => v,
+            (None, Some(p)) => p.values(&key, &shape)?,
             _ => init_values(seed, &key, &shape),
         };
         w.insert_f32(&key, shape, values);
     }
-    w
-}
-
-/// The weights of a trained generator directory, checked against the run's parameters: every
-/// parameter (but the LLM's when it comes from a GGUF) must be there with the run's shape, and
-/// nothing else may be (an LLM delta from stage 2 is not folded back in).
-fn pretrained_weights(dir: &Path, init: &Weights, llm_from_gguf: bool) -> Result<Weights> {
-    let from_init = |k: &str| llm_from_gguf && k.starts_with("language_model.");
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).with_context(|| format!("--init-from: cannot read {}", path.display()))?;
-    let pre = Weights::from_safetensors(&path.display().to_string(), bytes)?;
-    for key in init.names().filter(|k| !from_init(k)) {
-        match pre.shape(key) {
-            None => bail!("--init-from {}: it has no `{key}`; the run's config does not match that model's", dir.display()),
-            Some(s) if s != init.shape(key).expect("listed") => bail!(
-                "--init-from {}: `{key}` has shape {s:?}, the run's config needs {:?}",
-                dir.display(),
-                init.shape(key).expect("listed")
-            ),
-            Some(_) => {}
+    if let Some(p) = pretrained {
+        if let Some(extra) = p.weights.names().find(|k| !w.contains(k)) {
+            bail!("--init-from {}: `{extra}` is not a parameter of the run's config (an LLM delta or another architecture)", p.dir.display());
         }
-    }
-    if let Some(extra) = pre.names().find(|k| !init.contains(k)) {
-        bail!("--init-from {}: `{extra}` is not a parameter of the run's config (an LLM delta or another architecture)", dir.display());
-    }
-    let mut w = Weights::new();
-    for key in init.names() {
-        let src = if from_init(key) { init } else { &pre };
-        let values = src.read_f32(key).expect("checked").map_err(|d| anyhow::anyhow!("--init-from: `{key}` has dtype {d}"))?;
-        if values.iter().any(|x| !x.is_finite()) {
-            bail!("--init-from {}: `{key}` contains NaN or infinite values", dir.display());
-        }
-        w.insert_f32(key, init.shape(key).expect("listed").to_vec(), values);
     }
     Ok(w)
+}
+
+/// The weights of a trained generator directory (`--init-from`). Every parameter of the run (but
+/// the LLM's when it comes from a GGUF) must be there with the run's shape, and nothing else may
+/// be (an LLM delta from stage 2 is not folded back in).
+struct Pretrained {
+    dir: PathBuf,
+    weights: Weights,
+}
+
+impl Pretrained {
+    fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&path).with_context(|| format!("--init-from: cannot read {}", path.display()))?;
+        let weights = Weights::from_safetensors(&path.display().to_string(), bytes)?;
+        Ok(Self { dir: dir.to_path_buf(), weights })
+    }
+
+    fn values(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let dir = self.dir.display();
+        match self.weights.shape(key) {
+            None => bail!("--init-from {dir}: it has no `{key}`; the run's config does not match that model's"),
+            Some(s) if s != shape => bail!("--init-from {dir}: `{key}` has shape {s:?}, the run's config needs {shape:?}"),
+            Some(_) => {}
+        }
+        let values = self.weights.read_f32(key).expect("present").map_err(|d| anyhow::anyhow!("--init-from {dir}: `{key}` has dtype {d}"))?;
+        if values.iter().any(|x| !x.is_finite()) {
+            bail!("--init-from {dir}: `{key}` contains NaN or infinite values");
+        }
+        Ok(values)
+    }
 }
 
 /// Training images as flat `[N, c, h, w]` f32 targets.
@@ -322,10 +332,10 @@ impl Train {
             eprintln!("resuming {} at step {}", a.out.display(), state.step);
             FlowTrainer::resume(model, vb.param_keys(), &state, &ema, &optim, pad_id, device)?
         } else {
-            let mut init = initial_weights::<B>(&config, a.seed, llm.as_ref(), device);
-            if let Some(dir) = &a.init_from {
-                init = pretrained_weights(dir, &init, llm.is_some())?;
-                eprintln!("initialised from {}", dir.display());
+            let pretrained = a.init_from.as_deref().map(Pretrained::read).transpose()?;
+            let init = initial_weights::<B>(&config, a.seed, llm.as_ref(), pretrained.as_ref(), device)?;
+            if let Some(p) = &pretrained {
+                eprintln!("initialised from {}", p.dir.display());
             }
             let vb = VarBuilder::<B>::new(&init, device);
             let model = FlowGenerator::build(&vb, &config);
