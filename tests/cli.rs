@@ -181,6 +181,13 @@ fn bad_inputs_give_one_line_errors() {
     };
 
     expect_error(&mut base(&tmp.join("no-such-model")), "does not exist");
+    // With -o a missing model is still named (not mistaken for a missing VAE).
+    let mut png = sample_cmd(f, &tmp.join("no-such-model"), &noise, "ndarray");
+    png.arg("-o").arg(tmp.join("x.png"));
+    expect_error(&mut png, "no-such-model");
+    let mut bad_vae = sample_cmd(f, &f.dir, &noise, "ndarray");
+    bad_vae.arg("--vae").arg(tmp.join("no-such-vae")).arg("-o").arg(tmp.join("x.png"));
+    expect_error(&mut bad_vae, "no-such-vae");
 
     let truncated = tempdir("cli-truncated");
     for name in ["config.json", "generation.json"] {
