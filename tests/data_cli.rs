@@ -156,6 +156,24 @@ fn real_sources_when_fetched() {
     assert_eq!((r["split"].as_str(), r["images"].as_u64()), (Some("heldout"), Some(ds.indices(Split::Heldout).len() as u64)));
     assert!(r["psnr_db"].as_f64().unwrap() >= 28.0, "{r}");
 
+    // `eval proxy-clip` with nothing but --prompts: the default model, the shipped scorer and the
+    // emoji set built on first use at $RFGEN_DATA.
+    let built = dir.join("default-emoji");
+    let json = dir.join("proxy.json");
+    let o = Command::new(BIN)
+        .args(["eval", "proxy-clip", "--prompts", "heldout", "--n", "3", "--candidates", "10", "--steps", "2", "--batch", "3", "--out"])
+        .arg(&json)
+        .env("RFGEN_DATA", &built)
+        .env("RFGEN_NPM", &nm)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(data::load_dir(&built).unwrap().stats().to_string(), s.to_string(), "the default set is the emoji set");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((r["split"].as_str(), r["n"].as_u64(), r["candidates"].as_u64()), (Some("heldout"), Some(3), Some(10)), "{r}");
+    assert!(r["proxy_real_top1"].as_f64().unwrap() > 0.5 && r["proxy_gen_top5"].as_f64().is_some(), "{r}");
+    assert!(r["proxy_scorer"].as_str().unwrap().ends_with("models/proxy-clip"), "{r}");
+
     let out = dir.join("digits");
     let o = data_cmd(&["digits"], &[("--source", &digits), ("--out", &out)]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -108,9 +108,28 @@ fn save(out: &Path, ds: &Dataset) -> Result<()> {
 }
 
 fn emoji(a: EmojiArgs) -> Result<()> {
-    let t0 = Instant::now();
     check_out(&a.out, a.force)?;
-    let source = a.source.clone().unwrap_or_else(|| default_source("RFGEN_NPM", "npm/node_modules"));
+    build_emoji(&a.out, a.size, a.source.clone())
+}
+
+/// The emoji set commands use when no --data is given: `$RFGEN_DATA`, else ~/.cache/rfgen/emoji,
+/// built there (under a second) from the npm packages `./build.sh setup` fetched when missing.
+pub fn default_emoji_dir() -> Result<PathBuf> {
+    let dir = default_source("RFGEN_DATA", "emoji");
+    if !dir.join("captions.json").is_file() {
+        eprintln!("no --data given: building the emoji dataset in {}", dir.display());
+        let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        build_emoji(&tmp, 64, None)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
+    }
+    Ok(dir)
+}
+
+fn build_emoji(out: &Path, size: usize, source: Option<PathBuf>) -> Result<()> {
+    let t0 = Instant::now();
+    let source = source.unwrap_or_else(|| default_source("RFGEN_NPM", "npm/node_modules"));
     let ds_dir = source.join("emoji-datasource-google");
     let emoji_json = ds_dir.join("emoji.json");
     let om_dir = source.join("openmoji");
@@ -141,7 +160,7 @@ fn emoji(a: EmojiArgs) -> Result<()> {
         openmoji_json_name: &oj_name,
         image_dir_name: &img_name,
     };
-    let built = data::emoji::build(&src, a.size, |file| {
+    let built = data::emoji::build(&src, size, |file| {
         let path = image_dir.join(file);
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
@@ -149,14 +168,14 @@ fn emoji(a: EmojiArgs) -> Result<()> {
             Err(e) => Err(rfgen_core::Error::Io(format!("cannot read {}: {e}", path.display()))),
         }
     })?;
-    save(&a.out, &built.dataset)?;
+    save(out, &built.dataset)?;
     eprintln!(
         "wrote {} (emoji-datasource-google {}, openmoji {}, {}x{}): {}; skipped {} without an image; {:.1} s",
-        a.out.display(),
+        out.display(),
         package_version(&ds_dir),
         package_version(&om_dir),
-        a.size,
-        a.size,
+        size,
+        size,
         built.dataset.stats(),
         built.skipped.len(),
         t0.elapsed().as_secs_f64()

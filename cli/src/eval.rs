@@ -107,18 +107,20 @@ pub struct ProxyTrainArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ProxyEvalArgs {
-    /// Generator directory (not needed with --real-only).
+    /// Generator directory [default: the model `sample` uses: $RFGEN_DEFAULT_MODEL or models/default].
     #[arg(long)]
     model: Option<PathBuf>,
     /// VAE directory (default: MODEL/vae when it exists).
     #[arg(long)]
     vae: Option<PathBuf>,
-    /// Dataset directory the prompts and real images come from.
+    /// Dataset directory the prompts and real images come from [default: $RFGEN_DATA or
+    /// ~/.cache/rfgen/emoji, built from the npm packages of `./build.sh setup` when missing].
     #[arg(long)]
-    data: PathBuf,
-    /// Proxy scorer directory (`eval proxy-clip-train`), e.g. models/proxy-clip.
+    data: Option<PathBuf>,
+    /// Proxy scorer directory (`eval proxy-clip-train`) [default: $RFGEN_PROXY_SCORER or the
+    /// repository's models/proxy-clip].
     #[arg(long)]
-    scorer: PathBuf,
+    scorer: Option<PathBuf>,
     /// Which split's items to score: heldout or train.
     #[arg(long, default_value = "heldout")]
     prompts: String,
@@ -162,12 +164,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let kind: BackendKind = a.backend.parse()?;
             rfgen_backends::run_train(kind, TrainProxy { args: a })?
         }
-        EvalCommand::ProxyClip(a) => {
+        EvalCommand::ProxyClip(mut a) => {
             let kind: BackendKind = a.backend.parse()?;
             let split = parse_split(&a.prompts)?;
             if !a.real_only {
                 match &a.model {
-                    None => bail!("give --model DIR (the generator to score) or --real-only"),
+                    None => a.model = Some(crate::sample::default_model_dir()?),
                     Some(m) if !m.is_dir() => bail!("model directory {} does not exist", m.display()),
                     _ => {}
                 }
@@ -179,7 +181,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     bail!("--batch must be at least 1");
                 }
             }
-            rfgen_backends::run(kind, EvalProxy { args: a, split })?
+            let scorer = match a.scorer.take() {
+                Some(s) => s,
+                None => default_scorer_dir(),
+            };
+            if !scorer.join("config.json").is_file() {
+                bail!("proxy scorer {}: no config.json there (train one with `eval proxy-clip-train` or pass --scorer)", scorer.display());
+            }
+            let data = match a.data.take() {
+                Some(d) => d,
+                None => crate::data::default_emoji_dir()?,
+            };
+            rfgen_backends::run(kind, EvalProxy { args: a, data, scorer, split })?
         }
         EvalCommand::Vae(a) => crate::eval_vae::run(a),
     }
@@ -510,7 +523,17 @@ impl TrainProxy {
 
 struct EvalProxy {
     args: ProxyEvalArgs,
+    data: PathBuf,
+    scorer: PathBuf,
     split: Split,
+}
+
+/// `$RFGEN_PROXY_SCORER`, else the repository's models/proxy-clip.
+fn default_scorer_dir() -> PathBuf {
+    match std::env::var_os("RFGEN_PROXY_SCORER") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/proxy-clip")),
+    }
 }
 
 impl BackendTask for EvalProxy {
@@ -535,13 +558,13 @@ impl EvalProxy {
     fn eval<B: Backend>(self, device: &B::Device) -> Result<()> {
         let a = &self.args;
         let split = self.split;
-        let data = load_dir(&a.data)?;
-        let (config, weights) = load_scorer_dir(&a.scorer)?;
+        let data = load_dir(&self.data)?;
+        let (config, weights) = load_scorer_dir(&self.scorer)?;
         let scorer = ProxyScorer::<B>::load(&weights, &config, device)?;
         // Checks --n and the candidates before any expensive work.
         let needed = Scored::needed_captions(&data, split, a.n, a.candidates)?;
 
-        let mut cache = read_cache(&a.scorer, &config.text);
+        let mut cache = read_cache(&self.scorer, &config.text);
         if !cache.missing(&needed).is_empty() {
             let path = gguf_path(a.llm_gguf.as_deref(), &config.text.gguf_file)?;
             let enc = text_encoder::<B>(&path, config.text.layers, Some(&config.text), device)?;
@@ -553,10 +576,10 @@ impl EvalProxy {
         let real = scored.rank(&scorer.embed_images(&real_imgs, data.size), dim)?;
 
         let mut report = serde_json::json!({
-            "proxy_scorer": a.scorer.display().to_string(),
+            "proxy_scorer": self.scorer.display().to_string(),
             "proxy_scorer_kind": config.kind,
             "proxy_note": "retrieval by a PROXY scorer trained on this dataset's images (both splits), not CLIP",
-            "dataset": a.data.display().to_string(),
+            "dataset": self.data.display().to_string(),
             "split": split.as_str(),
             "n": scored.items.len(),
             "candidates": a.candidates,
