@@ -29,8 +29,12 @@ fn digits(dir: &Path) -> PathBuf {
 }
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    train_preset("both-tiny", data, out, extra)
+}
+
+fn train_preset(preset: &str, data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(["train", "--preset", "both-tiny", "--pixels", "--data"]).arg(data).arg("--out").arg(out);
+    c.args(["train", "--preset", preset, "--pixels", "--data"]).arg(data).arg("--out").arg(out);
     c.args(["--batch", "4", "--lr", "1e-3", "--warmup", "1", "--sample-every", "0", "--log-every", "1"]).args(extra);
     c
 }
@@ -76,6 +80,26 @@ fn digits_run_and_resume() {
         .arg(&dump));
     let z1 = weights(&dump).read_f32("z1").unwrap().unwrap();
     assert!(!z1.is_empty() && z1.iter().all(|v| v.is_finite()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every arm trains in pixel space (the ConvNeXt parts take 3 channels then) and its export samples.
+#[test]
+fn every_tiny_preset_trains_in_pixel_space() {
+    let dir = tempdir("train-cli-presets");
+    let data = digits(&dir);
+    for preset in ["baseline-tiny", "encoder-tiny", "decoder-tiny", "both-tiny"] {
+        let out = dir.join(preset);
+        run(&mut train_preset(preset, &data, &out, &["--steps", "2"]));
+        assert_eq!(log_steps(&out), [1, 2], "{preset}");
+        let model = ModelFiles::read_dir(&out.join("model")).unwrap();
+        assert_eq!(model.config.arm_name(), &preset[..preset.len() - 5], "{preset}");
+        assert_eq!(model.config.latent_channels, 3, "{preset}");
+        let dump = dir.join(format!("{preset}.safetensors"));
+        run(Command::new(BIN).args(["sample", "--model"]).arg(out.join("model")).args(["--prompt", "the digit 3", "--steps", "2", "--dump"]).arg(&dump));
+        let z1 = weights(&dump).read_f32("z1").unwrap().unwrap();
+        assert!(!z1.is_empty() && z1.iter().all(|v| v.is_finite()), "{preset}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

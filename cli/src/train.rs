@@ -297,7 +297,7 @@ impl Train {
             Some(path) => Some(llm_from_gguf(path, a.llm_layers, &mut config)?),
             None => None,
         };
-        config.latent_channels = c;
+        config.set_latent_channels(c);
         config.generation.latent_shape = Some(vec![c, h, w]);
         config.validate("config")?;
         let tok = tokenizer(&config, llm.as_ref())?;

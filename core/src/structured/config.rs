@@ -130,6 +130,18 @@ impl GeneratorConfig {
         }
     }
 
+    /// Sets the latent channels everywhere they appear (the ConvNeXt encoder's input convolution
+    /// and decoder's output), e.g. 3 to train in pixel space.
+    pub fn set_latent_channels(&mut self, c: usize) {
+        self.latent_channels = c;
+        if let EncoderConfig::Uvit(p) = &mut self.encoder {
+            p.input_channels = c;
+        }
+        if let DecoderConfig::Uvit(p) = &mut self.decoder {
+            p.out_channels = c;
+        }
+    }
+
     pub fn arm_name(&self) -> &'static str {
         match (&self.encoder, &self.decoder) {
             (EncoderConfig::Uvit(_), DecoderConfig::Uvit(_)) => "baseline",
