@@ -100,6 +100,10 @@ fn every_tiny_preset_trains_in_pixel_space() {
         let z1 = weights(&dump).read_f32("z1").unwrap().unwrap();
         assert!(!z1.is_empty() && z1.iter().all(|v| v.is_finite()), "{preset}");
     }
+    // Without a GPU (or a CUDA build) --backend cuda is a one-line error, not a panic.
+    let o = train(&data, &dir.join("cuda"), &["--steps", "1", "--backend", "cuda"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() || (err.trim().lines().count() == 1 && err.contains("cuda") && !err.contains("panicked")), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

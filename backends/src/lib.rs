@@ -239,9 +239,10 @@ pub fn run_train<T: TrainTask>(kind: BackendKind, task: T) -> Result<T::Output> 
             Err(not_compiled(kind))
         }
         BackendKind::Cuda => {
+            // As for sampling: no GPU is the first thing to say, whatever this binary was built with.
+            cuda_driver_present()?;
             #[cfg(feature = "cuda")]
             {
-                cuda_driver_present()?;
                 let device = burn::backend::cuda::CudaDevice::default();
                 probe::<CudaBackend>(&device, "cuda: the CUDA device could not be initialised")?;
                 return task.run::<Autodiff<CudaBackend>>(device);
