@@ -387,6 +387,14 @@ fn sample_without_a_model_uses_the_default_model() {
     let info = decoder.read_info().unwrap().info().clone();
     assert_eq!((info.width, info.height), (64, 64));
 
+    // Nothing but a prompt: output.png in the working directory.
+    let cwd = dir.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = Command::new(BIN).args(["sample", "--prompt", "a grinning face", "--steps", "2"]).current_dir(&cwd).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(cwd.join("output.png")).unwrap()));
+    assert_eq!(decoder.read_info().unwrap().info().width, 64);
+
     // A GGUF that is not the one the model was trained with is refused by name.
     let bogus = dir.join("bogus.gguf");
     std::fs::write(&bogus, b"GGUF not really").unwrap();

@@ -57,13 +57,17 @@ pub struct SampleArgs {
     /// Write z1, the guided velocity of every step (v_cfg) and the decoded images to a safetensors file.
     #[arg(long)]
     dump: Option<PathBuf>,
-    /// Output PNG (one per prompt: name-0.png, name-1.png, ... when several).
+    /// Output PNG (one per prompt: name-0.png, name-1.png, ... when several) [default: output.png
+    /// when the model has a VAE and no --dump is given].
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     /// Write all images into one grid PNG instead of one file per prompt.
     #[arg(long)]
     grid: bool,
 }
+
+/// Where the image goes when neither -o nor --dump is given.
+const DEFAULT_OUTPUT: &str = "output.png";
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let backend: BackendKind = args.backend.parse()?;
@@ -99,7 +103,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("-o needs --vae to decode images (without a VAE use --dump for the latents)");
     }
     if args.output.is_none() && args.dump.is_none() {
-        bail!("nothing to write: give -o FILE.png (with --vae) and/or --dump FILE.safetensors");
+        if args.vae.is_none() {
+            bail!("nothing to write: give -o FILE.png (with --vae) and/or --dump FILE.safetensors");
+        }
+        // As stable-diffusion.cpp does: an image in the current directory.
+        args.output = Some(PathBuf::from(DEFAULT_OUTPUT));
     }
     match (&args.model, &args.preset, args.init.as_deref()) {
         (Some(_), None, _) => {}
