@@ -155,8 +155,15 @@ case "${1:-run}" in
     cargo build --release -p rfgen-cli
     mkdir -p out
     # The default model (models/default; its LLM comes from the GGUF that setup fetched).
-    "${CARGO_TARGET_DIR:-$ROOT/target}/release/rfgen-cli" sample --prompt "red apple" --seed 7 -o out/sample.png
+    cli="${CARGO_TARGET_DIR:-$ROOT/target}/release/rfgen-cli"
+    "$cli" sample --prompt "red apple" --seed 7 -o out/sample.png
     log "wrote out/sample.png (models/default, \"red apple\")"
+    # `rfgen-cli` on PATH (cargo's bin directory), as `cargo install` would put it.
+    bin=${CARGO_HOME:-$HOME/.cargo}/bin
+    if [ -d "$bin" ]; then
+      ln -sf "$cli" "$bin/rfgen-cli"
+      log "linked $bin/rfgen-cli -> $cli"
+    fi
     ;;
   *)
     echo "usage: $0 [run|test|setup|wasm|serve]" >&2
