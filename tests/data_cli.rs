@@ -173,6 +173,13 @@ fn real_sources_when_fetched() {
     assert_eq!((r["split"].as_str(), r["n"].as_u64(), r["candidates"].as_u64()), (Some("heldout"), Some(3), Some(10)), "{r}");
     assert!(r["proxy_real_top1"].as_f64().unwrap() > 0.5 && r["proxy_gen_top5"].as_f64().is_some(), "{r}");
     assert!(r["proxy_scorer"].as_str().unwrap().ends_with("models/proxy-clip"), "{r}");
+    // A non-empty directory that is not a dataset is refused, not replaced.
+    let other = dir.join("not-a-dataset");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), b"mine").unwrap();
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--n", "1"]).env("RFGEN_DATA", &other).env("RFGEN_NPM", &nm).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("not a dataset"), "{}", stderr(&o));
+    assert!(other.join("keep.txt").is_file());
 
     let out = dir.join("digits");
     let o = data_cmd(&["digits"], &[("--source", &digits), ("--out", &out)]);

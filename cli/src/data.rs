@@ -117,11 +117,15 @@ fn emoji(a: EmojiArgs) -> Result<()> {
 pub fn default_emoji_dir() -> Result<PathBuf> {
     let dir = default_source("RFGEN_DATA", "emoji");
     if !dir.join("captions.json").is_file() {
+        // Never replace a directory that holds something else.
+        if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some()) {
+            bail!("{} is not a dataset (no captions.json) and not empty; pass --data DIR or set RFGEN_DATA", dir.display());
+        }
         eprintln!("no --data given: building the emoji dataset in {}", dir.display());
         let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         build_emoji(&tmp, 64, None)?;
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir(&dir);
         std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
     }
     Ok(dir)
