@@ -1,7 +1,6 @@
 //! `rfgen-cli encode-latents`: pre-encode every image of a dataset to flow latents with a VAE
 //! (posterior mean through `encode_flow_latent`), for training a generator on latents.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +14,7 @@ use rfgen_core::data::Dataset;
 use rfgen_core::pipeline::VaeFiles;
 use rfgen_core::vae::train::encode_flow_latents;
 use rfgen_core::vae::AutoencoderKl;
+use crate::progress::{status, status_done};
 
 /// The latents file and its description, written into the dataset directory.
 pub const LATENTS_FILE: &str = "latents.safetensors";
@@ -50,10 +50,9 @@ impl BackendTask for Task<'_> {
         let all: Vec<usize> = (0..self.data.len()).collect();
         let start = Instant::now();
         encode_flow_latents(&vae, self.data, &all, self.batch, &device, &mut |done, total| {
-            eprint!("\rencoded {done}/{total} images ({:.1} img/s)", done as f64 / start.elapsed().as_secs_f64().max(1e-9));
-            let _ = std::io::stderr().flush();
+            status(format_args!("encoded {done}/{total} images ({:.1} img/s)", done as f64 / start.elapsed().as_secs_f64().max(1e-9)));
             if done == total {
-                eprintln!();
+                status_done();
             }
         })
     }

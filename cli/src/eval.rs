@@ -24,6 +24,7 @@ use rfgen_core::janusflow::GenerationConfig;
 use rfgen_core::sampler::{SampleConfig, VelocityModel};
 
 use crate::output::{grid, write_atomic, write_png};
+use crate::progress::{status, status_done};
 
 /// The GGUF whose first layers give the proxy scorer's text features.
 const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -275,8 +276,7 @@ fn fill_cache<B: Backend>(
         let values = encoder.features(chunk, |k| {
             let n = done + k;
             let secs = start.elapsed().as_secs_f64();
-            eprint!("\rtext features (proxy, {} LLM layers): {n}/{total} captions, {:.1} captions/s   ", encoder.spec.layers, n as f64 / secs.max(1e-9));
-            let _ = std::io::stderr().flush();
+            status(format_args!("text features (proxy, {} LLM layers): {n}/{total} captions, {:.1} captions/s   ", encoder.spec.layers, n as f64 / secs.max(1e-9)));
         })?;
         cache.extend(chunk.to_vec(), values)?;
         done += chunk.len();
@@ -284,7 +284,7 @@ fn fill_cache<B: Backend>(
             write_atomic(path, &cache.to_safetensors()?)?;
         }
     }
-    eprintln!();
+    status_done();
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -454,8 +454,8 @@ impl TrainProxy {
             window.2 += 1;
             if s.step % a.log_every == 0 || s.step == a.steps {
                 let rate = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
-                eprint!(
-                    "\rproxy-clip step {}/{} loss {:.4} batch acc {:.3} T {:.4} lr {:.1e} {rate:.2} it/s {:.0}s   ",
+                status(format_args!(
+                    "proxy-clip step {}/{} loss {:.4} batch acc {:.3} T {:.4} lr {:.1e} {rate:.2} it/s {:.0}s   ",
                     s.step,
                     a.steps,
                     window.0 / window.2 as f64,
@@ -463,13 +463,12 @@ impl TrainProxy {
                     s.temperature,
                     s.lr,
                     start.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
+                ));
                 window = (0.0, 0.0, 0, Instant::now());
             }
             last = Some(s);
         }
-        eprintln!();
+        status_done();
         let train_secs = start.elapsed().as_secs_f64();
 
         // The scorer as it will be saved (f16), scored on both splits' real images.
@@ -687,10 +686,9 @@ impl EvalProxy {
             let (rgb, s) = to_rgb_images(out.images.unwrap_or(out.z1))?;
             side = s;
             images.extend(rgb);
-            eprint!("\rgenerated {}/{} images ({:.1}s)   ", images.len(), items.len(), start.elapsed().as_secs_f64());
-            let _ = std::io::stderr().flush();
+            status(format_args!("generated {}/{} images ({:.1}s)   ", images.len(), items.len(), start.elapsed().as_secs_f64()));
         }
-        eprintln!();
+        status_done();
         Ok((images, side, start.elapsed().as_secs_f64(), config))
     }
 }

@@ -22,6 +22,7 @@ use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{batch_items, step_rng, FlowBatch, FlowTrainConfig, FlowTrainer, TrainState, STATE_FILES};
 
 use crate::output::{grid, write_png};
+use crate::progress::{status, status_done};
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -353,7 +354,8 @@ impl Train {
         let mut window = (Instant::now(), trainer.step, 0.0f64, 0u64);
         while trainer.step < a.steps {
             if a.minutes.is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0) {
-                eprintln!("\ntime budget of {} min reached at step {}", a.minutes.unwrap(), trainer.step);
+                status_done();
+                eprintln!("time budget of {} min reached at step {}", a.minutes.unwrap(), trainer.step);
                 break;
             }
             let step = trainer.step;
@@ -379,8 +381,8 @@ impl Train {
             if stats.step % a.log_every == 0 || stats.step == a.steps {
                 let rate = (stats.step - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 let done = 30 * stats.step as usize / a.steps.max(1) as usize;
-                eprint!(
-                    "\r[{}{}] step {}/{} loss {:.4} |g| {:.3} lr {:.1e} {rate:.2} it/s {elapsed:.0}s   ",
+                status(format_args!(
+                    "[{}{}] step {}/{} loss {:.4} |g| {:.3} lr {:.1e} {rate:.2} it/s {elapsed:.0}s   ",
                     "#".repeat(done),
                     " ".repeat(30 - done.min(30)),
                     stats.step,
@@ -388,8 +390,7 @@ impl Train {
                     window.2 / window.3 as f64,
                     stats.grad_norm,
                     stats.lr,
-                );
-                let _ = std::io::stderr().flush();
+                ));
                 window = (Instant::now(), stats.step, 0.0, 0);
             }
             if a.ckpt_every > 0 && stats.step % a.ckpt_every == 0 {
@@ -399,7 +400,7 @@ impl Train {
                 self.sample_grid::<B>(&trainer, &config, &data, llm.as_ref(), device)?;
             }
         }
-        eprintln!();
+        status_done();
         self.save_checkpoint(&trainer, &ckpt_dir)?;
         self.export_model(&trainer, &config, llm.as_ref())?;
         self.sample_grid::<B>(&trainer, &config, &data, llm.as_ref(), device)?;
