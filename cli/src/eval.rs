@@ -182,13 +182,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     bail!("--batch must be at least 1");
                 }
             }
-            let scorer = match a.scorer.take() {
-                Some(s) => s,
-                None => default_scorer_dir(),
-            };
-            if !scorer.join("config.json").is_file() {
-                bail!("proxy scorer {}: no config.json there (train one with `eval proxy-clip-train` or pass --scorer)", scorer.display());
-            }
+            let scorer = a.scorer.take().unwrap_or_else(default_scorer_dir);
             let data = match a.data.take() {
                 Some(d) => d,
                 None => crate::data::default_emoji_dir()?,

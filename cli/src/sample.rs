@@ -83,18 +83,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.model.is_none() && args.preset.is_none() {
         args.model = Some(default_model_dir()?);
     }
-    if let Some(dir) = &args.model {
-        if !dir.is_dir() {
-            bail!("--model {}: the directory does not exist", dir.display());
-        }
-        if !dir.join("config.json").is_file() {
-            bail!("--model {}: no config.json in it (not an rfgen/diffusers-style model directory)", dir.display());
-        }
-    }
-    if let Some(vae) = &args.vae {
-        if !vae.join("config.json").is_file() {
-            bail!("--vae {}: no config.json in it (a diffusers AutoencoderKL directory is expected)", vae.display());
-        }
+    // Before the VAE is looked for inside it (a missing model is not a missing VAE).
+    if let Some(dir) = args.model.as_ref().filter(|d| !d.is_dir()) {
+        bail!("--model {}: the directory does not exist", dir.display());
     }
     if args.vae.is_none() {
         args.vae = args.model.as_ref().map(|m| m.join("vae")).filter(|v| v.is_dir());
