@@ -368,6 +368,56 @@ fn bench_reports_timings_split_and_flops_as_json() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// `convert` of the shipped model (which stores only what differs from its SmolLM2 GGUF) writes a
+/// self-contained directory: the GGUF's LLM and tokenizer.json go in, so it samples without the
+/// GGUF (as the browser must) and, in f32, draws exactly what the original draws.
+#[test]
+fn convert_folds_the_gguf_llm_into_the_default_model() {
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    let dir = tempdir("cli-convert-default");
+    let out = dir.join("converted");
+    let ok = |cmd: &mut Command| {
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}\n(is the SmolLM2 GGUF missing? run ./build.sh setup)", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(Command::new(BIN).args(["convert", "--from"]).arg(&default).arg("--to").arg(&out));
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(!config.contains("llm_gguf"), "{config}");
+    assert!(out.join("tokenizer.json").is_file());
+
+    // No GGUF anywhere: HOME is empty and the variables point nowhere.
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let sample = |model: &Path, png: &Path, isolated: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["sample", "--prompt", "red apple", "--steps", "2", "--seed", "3", "--vae"])
+            .arg(default.join("vae"))
+            .arg("--model")
+            .arg(model)
+            .arg("-o")
+            .arg(png);
+        if isolated {
+            cmd.env("HOME", &home).env("RFGEN_SMOLLM2_GGUF", dir.join("absent.gguf")).env_remove("RFGEN_GGUF_DIR");
+        }
+        ok(&mut cmd);
+        std::fs::read(png).unwrap()
+    };
+    let original = sample(&default, &dir.join("a.png"), false);
+    assert_eq!(sample(&out, &dir.join("b.png"), true), original, "the converted model draws something else");
+    let err = Command::new(BIN).args(["sample", "--prompt", "x", "--steps", "1", "--model"]).arg(&default).arg("-o").arg(dir.join("c.png"))
+        .env("HOME", &home).env("RFGEN_SMOLLM2_GGUF", dir.join("absent.gguf")).output().unwrap();
+    assert!(!err.status.success() && String::from_utf8_lossy(&err.stderr).contains("was not found"), "the original needs its GGUF");
+
+    // A GGUF that is not the model's is refused by name, and nothing is written.
+    let bogus = dir.join("bogus.gguf");
+    std::fs::write(&bogus, b"GGUF not really").unwrap();
+    let o = Command::new(BIN).args(["convert", "--force", "--from"]).arg(&default).arg("--to").arg(dir.join("bad"))
+        .env("RFGEN_SMOLLM2_GGUF", &bogus).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("sha256"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.join("bad").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The shipped emoji model: `sample --prompt ... -o x.png` with no --model (the LLM comes from the
 /// SmolLM2 GGUF that `./build.sh setup` fetches).
 #[test]

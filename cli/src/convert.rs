@@ -6,7 +6,7 @@ use clap::Args;
 use rfgen_backends::{BackendKind, BackendTask};
 use rfgen_core::checkpoint::StoredDtype;
 use rfgen_core::convert::{convert, sha256_hex, ConvertOptions, ModelKind};
-use rfgen_core::pipeline::read_checkpoint;
+use rfgen_core::pipeline::{fold_llm_gguf, read_checkpoint};
 use rfgen_core::quant::QuantScheme;
 
 #[derive(Args, Debug)]
@@ -65,7 +65,14 @@ fn run_on<B: Backend>(a: ConvertArgs, device: &B::Device) -> Result<()> {
     if a.to.exists() && !a.force {
         bail!("{} already exists (use --force to replace it)", a.to.display());
     }
-    let ckpt = read_checkpoint(&a.from)?;
+    let mut ckpt = read_checkpoint(&a.from)?;
+    // A model trained on a GGUF LLM stores only what differs from it; the converted directory is
+    // self-contained (the LLM's weights and tokenizer.json go in), so the browser can load it.
+    let mut gguf_tokenizer = None;
+    if let ModelKind::Generator(config) = &mut ckpt.kind {
+        gguf_tokenizer = fold_llm_gguf(config, &mut ckpt.weights)?;
+        config.llm_gguf = None;
+    }
     let files: Vec<serde_json::Value> = ckpt
         .files
         .iter()
@@ -83,7 +90,7 @@ fn run_on<B: Backend>(a: ConvertArgs, device: &B::Device) -> Result<()> {
         a.to.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
         std::process::id()
     ));
-    let result = write_dir(&tmp, &ckpt.dir, &ckpt.kind, &out);
+    let result = write_dir(&tmp, &ckpt.dir, &ckpt.kind, &out, gguf_tokenizer.as_deref());
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -105,7 +112,7 @@ fn run_on<B: Backend>(a: ConvertArgs, device: &B::Device) -> Result<()> {
     Ok(())
 }
 
-fn write_dir(tmp: &Path, source_dir: &Path, kind: &ModelKind, out: &rfgen_core::convert::Converted) -> Result<()> {
+fn write_dir(tmp: &Path, source_dir: &Path, kind: &ModelKind, out: &rfgen_core::convert::Converted, tokenizer: Option<&[u8]>) -> Result<()> {
     let _ = std::fs::remove_dir_all(tmp);
     std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     for (file, bytes) in &out.shards {
@@ -117,6 +124,8 @@ fn write_dir(tmp: &Path, source_dir: &Path, kind: &ModelKind, out: &rfgen_core::
         let src = source_dir.join(extra);
         if src.exists() {
             std::fs::copy(&src, tmp.join(extra)).with_context(|| format!("cannot copy {}", src.display()))?;
+        } else if let (Some(json), "tokenizer.json") = (tokenizer, extra) {
+            std::fs::write(tmp.join(extra), json).context("cannot write tokenizer.json")?;
         }
     }
     Ok(())

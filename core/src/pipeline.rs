@@ -41,20 +41,27 @@ impl ModelFiles {
             None
         };
         let mut weights = load_weights_dir(dir)?;
-        if let Some(src) = &config.llm_gguf {
-            let path = find_llm_gguf(&src.file)?;
-            let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
-            let (llm, json) = llm_from_gguf(src, &bytes, &config.language_config)?;
-            for name in llm.names().filter(|n| !weights.contains(&format!("language_model.{n}"))).collect::<Vec<_>>() {
-                let values = llm.read_f32(name).expect("listed").expect("f32");
-                weights.insert_f32(&format!("language_model.{name}"), llm.shape(name).expect("listed").to_vec(), values);
-            }
-            // What stage 2 changed is stored as a delta against the GGUF.
-            crate::gguf::apply_llm_delta(&mut weights)?;
+        if let Some(json) = fold_llm_gguf(&config, &mut weights)? {
             tokenizer_json = tokenizer_json.or(Some(json));
         }
         Ok(Self { config, generation, weights, tokenizer_json })
     }
+}
+
+/// For a model trained on a GGUF LLM (`config.llm_gguf`): adds the GGUF's LLM weights to
+/// `weights` (plus what stage 2 changed, stored as a delta against it) and returns the GGUF's
+/// tokenizer.json. `None` for a self-contained model.
+pub fn fold_llm_gguf(config: &GeneratorConfig, weights: &mut Weights) -> Result<Option<Vec<u8>>> {
+    let Some(src) = &config.llm_gguf else { return Ok(None) };
+    let path = find_llm_gguf(&src.file)?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    let (llm, json) = llm_from_gguf(src, &bytes, &config.language_config)?;
+    for name in llm.names().filter(|n| !weights.contains(&format!("language_model.{n}"))).collect::<Vec<_>>() {
+        let values = llm.read_f32(name).expect("listed").expect("f32");
+        weights.insert_f32(&format!("language_model.{name}"), llm.shape(name).expect("listed").to_vec(), values);
+    }
+    crate::gguf::apply_llm_delta(weights)?;
+    Ok(Some(json))
 }
 
 /// Where a model's LLM GGUF is looked for: `$RFGEN_SMOLLM2_GGUF` (the file itself),
