@@ -111,15 +111,18 @@ build_web() {
   assemble_models
 }
 
-# Until rfgen ships a trained default model, the page runs the both-tiny preset (random weights,
-# seed 1) with the reference VAE fixture.
+# The page's model is rfgen's trained default (models/default with its SmolLM2 layer folded in,
+# f16 + int8: 38 MiB) and its VAE; the browser tests also run the both-tiny preset (random weights,
+# seed 1) with the reference VAE fixture, which is fast enough for every check.
 assemble_models() {
   local cli=${RFGEN_CLI:-}
   if [ -z "$cli" ]; then cargo build -p rfgen-cli; cli=${CARGO_TARGET_DIR:-$ROOT/target}/debug/rfgen-cli; fi
   local src=${CARGO_TARGET_DIR:-$ROOT/target}/www-src
-  "$cli" init --preset both-tiny --seed 1 --out "$src/default" --force
-  "$cli" convert --from "$src/default" --to www/models/default --force
-  "$cli" convert --from "$FIXTURES/vae_tiny" --to www/models/vae --force
+  "$cli" convert --from models/default --to www/models/default --dtype f16 --quant int8 --force
+  "$cli" convert --from models/default/vae --to www/models/vae --force
+  "$cli" init --preset both-tiny --seed 1 --out "$src/tiny" --force
+  "$cli" convert --from "$src/tiny" --to www/models/tiny --force
+  "$cli" convert --from "$FIXTURES/vae_tiny" --to www/models/tiny-vae --force
 }
 
 case "${1:-run}" in
@@ -142,11 +145,12 @@ case "${1:-run}" in
     node tests/browser/e2e.mjs
     ;;
   wasm)
+    setup
     setup_wasm
     build_web
     ;;
   serve)
-    [ -f www/pkg/rfgen_web_bg.wasm ] || { setup_wasm; build_web; }
+    [ -f www/pkg/rfgen_web_bg.wasm ] || { setup; setup_wasm; build_web; }
     log "serving www/ on http://127.0.0.1:${PORT:-8080}/"
     exec python3 -m http.server "${PORT:-8080}" --bind 127.0.0.1 --directory www
     ;;

@@ -167,3 +167,31 @@ fn single_stream_ndarray() {
 fn single_stream_wgpu() {
     run_kind(FixtureKind::SingleStreamBlock, BackendKind::Wgpu);
 }
+
+/// GELU (tanh approximation) against the formula in f64, over the range a trained model's
+/// activations reach: finite everywhere, x for large x, 0 for very negative x.
+struct GeluTanh;
+impl BackendTask for GeluTanh {
+    type Output = Vec<(f64, f32)>;
+    fn run<B: Backend>(self, device: B::Device) -> rfgen_core::Result<Vec<(f64, f32)>> {
+        let xs: Vec<f64> = [-1e4, -300.0, -60.0, -20.0, -6.0, -3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0, 6.0, 20.0, 60.0, 300.0, 1e4].into();
+        let t = burn::tensor::Tensor::<B, 1>::from_floats(xs.iter().map(|&x| x as f32).collect::<Vec<_>>().as_slice(), &device);
+        let got = rfgen_core::layers::gelu_tanh(t).into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        Ok(xs.into_iter().zip(got).collect())
+    }
+}
+
+fn gelu_tanh_on(backend: BackendKind) {
+    for (x, got) in run(backend, GeluTanh).unwrap() {
+        let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+        assert!(got.is_finite() && (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{}: gelu_tanh({x}) = {got}, want {want}", backend.name());
+    }
+}
+#[test]
+fn gelu_tanh_ndarray() {
+    gelu_tanh_on(BackendKind::Ndarray);
+}
+#[test]
+fn gelu_tanh_wgpu() {
+    gelu_tanh_on(BackendKind::Wgpu);
+}

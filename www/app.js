@@ -40,6 +40,9 @@ async function load() {
     backend,
     onProgress: (loaded, file) => { $("status").textContent = `Loaded ${(loaded / 1048576).toFixed(1)} MiB (${file})`; },
   });
+  // The model's own steps and guidance, unless the address sets them.
+  if (!params.has("steps")) $("steps").value = generator.defaultSteps;
+  if (!params.has("cfg")) $("cfg").value = generator.defaultCfg;
   result.loadMs = performance.now() - t0;
   $("load-time").textContent = `${(result.loadMs / 1000).toFixed(2)} s`;
   $("status").textContent = "Ready.";

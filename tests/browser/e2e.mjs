@@ -46,7 +46,7 @@ function psnr(a, b) {
 
 // Broken copies of the model for the error cases.
 function brokenModels() {
-  const src = path.join(www, "models/default");
+  const src = path.join(www, "models/tiny");
   const shards = fs.readdirSync(src).filter((f) => f.endsWith(".safetensors")).sort();
   for (const name of ["bad-sha", "missing-shard"]) {
     const dst = path.join(www, "models", `test-${name}`);
@@ -81,11 +81,12 @@ await new Promise((r) => setTimeout(r, 1000));
 
 try {
   const dump = path.join(os.tmpdir(), `rfgen-native-${process.pid}.safetensors`);
-  execFileSync(cli, ["sample", "--model", path.join(www, "models/default"), "--vae", path.join(www, "models/vae"),
+  execFileSync(cli, ["sample", "--model", path.join(www, "models/tiny"), "--vae", path.join(www, "models/tiny-vae"),
     "--prompt", prompt, "--seed", String(seed), "--steps", String(steps), "--cfg", String(cfg), "--dump", dump], { stdio: "inherit" });
   const native = readSafetensors(dump);
   brokenModels();
-  const query = new URLSearchParams({ auto: "1", prompt, seed, steps, cfg }).toString();
+  const tiny = { model: "models/tiny/manifest.json", vae: "models/tiny-vae/manifest.json" };
+  const query = new URLSearchParams({ ...tiny, auto: "1", prompt, seed, steps, cfg }).toString();
 
   for (const mode of ["webgpu", "cpu"]) {
     const args = mode === "webgpu" ? [...baseArgs, ...webgpuArgs] : baseArgs;
@@ -108,7 +109,7 @@ try {
       const shardRequests = [];
       const again = await context.newPage();
       again.on("request", (r) => { if (r.url().endsWith(".safetensors")) shardRequests.push(r.url()); });
-      await again.goto(`${base}/?prompt=x`);
+      await again.goto(`${base}/?${new URLSearchParams({ ...tiny, prompt: "x" })}`);
       await again.waitForFunction(() => window.rfgen && (window.rfgen.ready || window.rfgen.error), null, { timeout: 120_000 });
       check(!first.state.error && shardRequests.length === 0, `reload: ${shardRequests.length} shard downloads (cached)`);
 
@@ -124,19 +125,30 @@ try {
 
       // A quantized (int8) conversion of the same model, in the browser and natively.
       const q = path.join(www, "models/test-int8");
-      execFileSync(cli, ["convert", "--from", path.join(www, "models/default"), "--to", q, "--dtype", "f16", "--quant", "int8", "--force"]);
+      execFileSync(cli, ["convert", "--from", path.join(www, "models/tiny"), "--to", q, "--dtype", "f16", "--quant", "int8", "--force"]);
       const qdump = path.join(os.tmpdir(), `rfgen-native-int8-${process.pid}.safetensors`);
-      execFileSync(cli, ["sample", "--model", q, "--vae", path.join(www, "models/vae"), "--prompt", prompt, "--seed", String(seed),
+      execFileSync(cli, ["sample", "--model", q, "--vae", path.join(www, "models/tiny-vae"), "--prompt", prompt, "--seed", String(seed),
         "--steps", String(steps), "--cfg", String(cfg), "--dump", qdump], { stdio: "ignore" });
       const qnative = readSafetensors(qdump);
-      const { state: qs } = await runPage(browser, new URLSearchParams({ model: "models/test-int8/manifest.json", auto: "1", prompt, seed, steps, cfg }).toString());
+      const { state: qs } = await runPage(browser, new URLSearchParams({ model: "models/test-int8/manifest.json", vae: tiny.vae, auto: "1", prompt, seed, steps, cfg }).toString());
       const qdiff = qs.output ? maxDiff(qs.output.latent, qnative.z1) : Infinity;
       check(!qs.error && qdiff <= 1e-3, `int8 model in the browser: latent within 1e-3 of native (max |diff| ${qdiff.toExponential(2)})`);
+
+      // The page's own model: rfgen's trained emoji model (SmolLM2's first layer folded in, int8)
+      // with its VAE, given nothing but a prompt; two steps against the native CLI.
+      const edump = path.join(os.tmpdir(), `rfgen-native-emoji-${process.pid}.safetensors`);
+      execFileSync(cli, ["sample", "--model", path.join(www, "models/default"), "--vae", path.join(www, "models/vae"),
+        "--prompt", "red apple", "--seed", "3", "--steps", "2", "--dump", edump], { stdio: "ignore" });
+      const enative = readSafetensors(edump);
+      const { state: es } = await runPage(browser, new URLSearchParams({ auto: "1", prompt: "red apple", seed: 3, steps: 2 }).toString());
+      const ediff = es.output ? maxDiff(es.output.latent, enative.z1) : Infinity;
+      check(!es.error && ediff <= 1e-3, `default (trained) model in the browser: latent within 1e-3 of native (max |diff| ${ediff.toExponential(2)}; ${es.error || "ok"})`);
+      if (es.output) console.log(JSON.stringify({ model: "default", loadMs: es.loadMs, msPerStep: es.output.msPerStep }));
 
       for (const [model, needle] of [["models/test-bad-sha/manifest.json", "sha256"],
                                      ["models/test-missing-shard/manifest.json", "missing"],
                                      [`http://127.0.0.1:1/manifest.json`, "manifest"]]) {
-        const { state: s } = await runPage(browser, new URLSearchParams({ model, prompt }).toString() + "&auto=1", 120_000);
+        const { state: s } = await runPage(browser, new URLSearchParams({ model, vae: tiny.vae, prompt }).toString() + "&auto=1", 120_000);
         const shown = await (await browser.contexts()[0]?.pages().at(-1))?.textContent("#error").catch(() => null);
         check(s.error && s.error.includes(needle) && (shown || s.error).includes(needle), `${model}: page says ${JSON.stringify(s.error)}`);
       }

@@ -131,6 +131,26 @@ impl Generator {
         self.backend.clone()
     }
 
+    /// The model's own Euler step count (`generation.num_inference_steps`, else 30).
+    #[wasm_bindgen(getter = defaultSteps)]
+    pub fn default_steps(&self) -> u32 {
+        let g = match self.model.as_ref() {
+            Model::Gpu(p) => p.generation.num_inference_steps,
+            Model::Cpu(p) => p.generation.num_inference_steps,
+        };
+        g.unwrap_or(30) as u32
+    }
+
+    /// The model's own guidance weight (`generation.cfg_weight`, else 2).
+    #[wasm_bindgen(getter = defaultCfg)]
+    pub fn default_cfg(&self) -> f64 {
+        let g = match self.model.as_ref() {
+            Model::Gpu(p) => p.generation.cfg_weight,
+            Model::Cpu(p) => p.generation.cfg_weight,
+        };
+        g.unwrap_or(2.0) as f64
+    }
+
     /// Stops a running generation after its current step (its promise rejects with "cancelled").
     pub fn cancel(&self) {
         self.cancel.set(true);

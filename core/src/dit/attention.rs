@@ -1,8 +1,8 @@
 use burn::module::Module;
-use burn::tensor::{activation::gelu_approximate, backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Bool, Tensor};
 
 use crate::checkpoint::VarBuilder;
-use crate::layers::{masked_logit, softmax_f32, Linear, RmsNorm};
+use crate::layers::{gelu_tanh, masked_logit, softmax_f32, Linear, RmsNorm};
 
 /// Per-head RMSNorm of queries or keys (weight `[head_dim]`).
 pub type QkNorm<B> = RmsNorm<B>;
@@ -55,6 +55,6 @@ impl<B: Backend> FeedForward<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.out.forward(gelu_approximate(self.proj.forward(x)))
+        self.out.forward(gelu_tanh(self.proj.forward(x)))
     }
 }

@@ -1,11 +1,11 @@
 use burn::module::Module;
-use burn::tensor::{activation::gelu_approximate, backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Bool, Tensor};
 
 use super::adaln::AdaLayerNormZeroSingle;
 use super::attention::{head_attention, merge_heads, split_heads, QkNorm};
 use super::FluxRope;
 use crate::checkpoint::VarBuilder;
-use crate::layers::Linear;
+use crate::layers::{gelu_tanh, Linear};
 
 /// Flux single-stream attention: q/k/v with per-head RMSNorm, optional rotary, no output projection.
 #[derive(Module, Debug)]
@@ -79,7 +79,7 @@ impl<B: Backend> SingleTransformerBlock<B> {
     ) -> Tensor<B, 3> {
         let (m, gate) = self.norm.chunks(temb);
         let normed = m.apply(x.clone());
-        let mlp = gelu_approximate(self.proj_mlp.forward(normed.clone()));
+        let mlp = gelu_tanh(self.proj_mlp.forward(normed.clone()));
         let attn = self.attn.forward(normed, rope, key_blocked);
         let out = self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2));
         x + gate.unsqueeze_dim::<3>(1) * out
