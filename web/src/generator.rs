@@ -25,6 +25,16 @@ enum Model {
     Cpu(Pipeline<Cpu>),
 }
 
+impl Model {
+    /// Steps and guidance when the caller gives none.
+    fn defaults(&self) -> SampleConfig {
+        match self {
+            Model::Gpu(p) => p.generation.sample_config(None, None),
+            Model::Cpu(p) => p.generation.sample_config(None, None),
+        }
+    }
+}
+
 /// A loaded model, ready to generate images.
 #[wasm_bindgen]
 pub struct Generator {
@@ -131,24 +141,16 @@ impl Generator {
         self.backend.clone()
     }
 
-    /// The model's own Euler step count (`generation.num_inference_steps`, else 30).
+    /// The model's own Euler step count (`generation.num_inference_steps`, else the sampler's default).
     #[wasm_bindgen(getter = defaultSteps)]
     pub fn default_steps(&self) -> u32 {
-        let g = match self.model.as_ref() {
-            Model::Gpu(p) => p.generation.num_inference_steps,
-            Model::Cpu(p) => p.generation.num_inference_steps,
-        };
-        g.unwrap_or(30) as u32
+        self.model.defaults().steps as u32
     }
 
-    /// The model's own guidance weight (`generation.cfg_weight`, else 2).
+    /// The model's own guidance weight (`generation.cfg_weight`, else the sampler's default).
     #[wasm_bindgen(getter = defaultCfg)]
     pub fn default_cfg(&self) -> f64 {
-        let g = match self.model.as_ref() {
-            Model::Gpu(p) => p.generation.cfg_weight,
-            Model::Cpu(p) => p.generation.cfg_weight,
-        };
-        g.unwrap_or(2.0) as f64
+        self.model.defaults().cfg
     }
 
     /// Stops a running generation after its current step (its promise rejects with "cancelled").
@@ -208,8 +210,8 @@ fn preview(latent: &[f32], c: usize, h: usize, w: usize) -> Vec<u8> {
 }
 
 async fn run<B: Backend>(pipe: &Pipeline<B>, prompt: &str, o: &JsValue, cancel: &Cell<bool>) -> Result<JsValue, String> {
-    let steps = number(o, "steps").map(|v| v as usize).or(pipe.generation.num_inference_steps).unwrap_or(30);
-    let cfg = number(o, "cfg").or(pipe.generation.cfg_weight).unwrap_or(2.0);
+    let sample = pipe.generation.sample_config(number(o, "steps").map(|v| v as usize), number(o, "cfg"));
+    let steps = sample.steps;
     let seed = number(o, "seed").unwrap_or(0.0) as u64;
     let ids = match field(o, "tokenIds") {
         Some(v) => Array::from(&v).iter().map(|x| x.as_f64().map(|f| f as u32).ok_or("tokenIds must be numbers")).collect::<Result<Vec<_>, _>>()?,
@@ -224,7 +226,7 @@ async fn run<B: Backend>(pipe: &Pipeline<B>, prompt: &str, o: &JsValue, cancel: 
     let batch = PromptBatch::new(&[ids], pipe.pad_id).map_err(|e| e.to_string())?;
     let on_step = field(o, "onStep").and_then(|v| v.dyn_into::<Function>().ok());
     let start = now();
-    let mut euler = EulerCfg::new(&pipe.model, &batch, z0, &SampleConfig { steps, cfg }).map_err(|e| e.to_string())?;
+    let mut euler = EulerCfg::new(&pipe.model, &batch, z0, &sample).map_err(|e| e.to_string())?;
     let [_, c, h, w] = euler.latent().dims();
     while let Some(out) = euler.step() {
         let latent = read(euler.latent().clone()).await?;

@@ -7,5 +7,5 @@ use burn::tensor::{backend::Backend, Tensor};
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
     let t = inner.clamp(-10.0, 10.0).tanh();
-    x.clone().mul(t.add_scalar(1.0)).mul_scalar(0.5)
+    x.mul(t.add_scalar(1.0)).mul_scalar(0.5)
 }
