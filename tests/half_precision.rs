@@ -35,7 +35,7 @@ impl BackendTask for Generate {
             .map(|(i, &l)| ids.i64[i * len + len - l as usize..(i + 1) * len].iter().map(|&x| x as u32).collect())
             .collect();
         let z0: Tensor<B, 4> = io["z0"].to_tensor(&device);
-        let out = pipe.generate(&prompts, z0, &SampleConfig { steps: self.steps, cfg: 2.0 }, |_| {})?;
+        let out = pipe.generate(&prompts, z0, &SampleConfig { steps: self.steps, cfg: 2.0, ..SampleConfig::default() }, |_| {})?;
         Ok((to_vec(&out.z1), to_vec(&out.images.expect("VAE loaded"))))
     }
 }

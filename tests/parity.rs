@@ -96,7 +96,7 @@ fn janusflow_parity<B: Backend>(dir: &Path, device: &B::Device) -> Report {
 
     // The full Euler-CFG loop.
     let mut got = Vec::new();
-    let z1 = sample(&model, &batch, z0, &SampleConfig { steps, cfg }, |e| {
+    let z1 = sample(&model, &batch, z0, &SampleConfig { steps, cfg, ..SampleConfig::default() }, |e| {
         got.push((e.t, to_vec(e.v_cond), to_vec(e.v_uncond), to_vec(e.v_cfg), to_vec(e.z)));
     })
     .expect("sampling runs");

@@ -48,7 +48,7 @@ impl BackendTask for Arm {
         let pipe = Pipeline::<B>::random(&preset(&self.name).unwrap().config(), 11, None, &device)?;
         let p = prompts(&pipe);
         let z0 = pipe.noise(5, p.len(), [8, 8]);
-        let out = pipe.generate(&p, z0, &SampleConfig { steps: 3, cfg: 2.0 }, |_| {})?;
+        let out = pipe.generate(&p, z0, &SampleConfig { steps: 3, cfg: 2.0, ..SampleConfig::default() }, |_| {})?;
         Ok(to_vec(&out.z1))
     }
 }
@@ -86,7 +86,7 @@ fn velocities(model: &FlowGenerator<Cpu>, ids: &[Vec<u32>], cfg: f64) -> Vec<(Ve
         &device,
     );
     let mut out = Vec::new();
-    sample(model, &batch, z0, &SampleConfig { steps: 2, cfg }, |e| {
+    sample(model, &batch, z0, &SampleConfig { steps: 2, cfg, ..SampleConfig::default() }, |e| {
         out.push((to_vec(e.v_cond), to_vec(e.v_uncond), to_vec(e.v_cfg)))
     })
     .unwrap();

@@ -99,7 +99,7 @@ fn generate<B: Backend>(
     let z0 = pipe.noise(0, ids.len(), hw);
     let parts = Rc::new(RefCell::new(([Duration::ZERO; 3], Instant::now())));
     let start = Instant::now();
-    let mut euler = EulerCfg::new(&pipe.model, &batch, z0, &SampleConfig { steps, cfg })?;
+    let mut euler = EulerCfg::new(&pipe.model, &batch, z0, &SampleConfig { steps, cfg, ..SampleConfig::default() })?;
     euler.cond_mut().use_prefix_cache = cache;
     if profile {
         let (shared, device) = (parts.clone(), device.clone());
@@ -420,7 +420,7 @@ mod goldens {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let shape: [usize; 4] = z0.0.clone().try_into().map_err(|_| anyhow::anyhow!("z0 must be rank 4"))?;
         let z0_t = Tensor::<B, 4>::from_data(TensorData::new(z0.1.clone(), shape), device);
-        let out = pipe.generate(&prompts, z0_t, &SampleConfig { steps, cfg }, |_| {})?;
+        let out = pipe.generate(&prompts, z0_t, &SampleConfig { steps, cfg, ..SampleConfig::default() }, |_| {})?;
         let mut tensors = vec![Named { name: "z0".into(), shape: z0.0.clone(), data: z0.1 }];
         tensors.push(Named { name: "z1".into(), shape: out.z1.dims().to_vec(), data: to_vec(out.z1) });
         if let Some(img) = out.images {

@@ -55,7 +55,7 @@ fn compare<B: Backend>(a: CompareArgs, device: &B::Device) -> Result<()> {
         Ok(Pipeline::<B>::new(ModelFiles::read_dir(dir)?, vae, device)?)
     };
     let (pa, pb) = (load(&a.a)?, load(&a.b)?);
-    let config = SampleConfig { steps: a.steps, cfg: a.cfg };
+    let config = SampleConfig { steps: a.steps, cfg: a.cfg, ..SampleConfig::default() };
     let factor = pa.vae.as_ref().map(|v| v.config.upscale()).unwrap_or(8);
     let hw = match a.size {
         Some(px) if px > 0 && px % factor == 0 => [px / factor; 2],

@@ -137,6 +137,9 @@ pub struct ProxyEvalArgs {
     /// Guidance weight [default: the model's generation cfg_weight, else 2].
     #[arg(long, allow_negative_numbers = true)]
     cfg: Option<f64>,
+    /// Timestep shift of the step grid [default: the model's generation shift, else 1].
+    #[arg(long)]
+    shift: Option<f64>,
     /// Noise seed (each item's noise also depends on its id, not on the batch).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -177,7 +180,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 if let Some(v) = a.vae.as_ref().filter(|v| !v.is_dir()) {
                     bail!("VAE directory {} does not exist", v.display());
                 }
-                GenerationConfig::default().sample_config(a.steps, a.cfg).validate()?;
+                GenerationConfig::default().sample_config(a.steps, a.cfg, a.shift).validate()?;
                 if a.batch == 0 {
                     bail!("--batch must be at least 1");
                 }
@@ -604,7 +607,7 @@ impl EvalProxy {
             obj.insert(
                 "generator".into(),
                 serde_json::json!({"model": a.model.as_ref().map(|m| m.display().to_string()),
-                    "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": used.steps, "cfg": used.cfg,
+                    "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": used.steps, "cfg": used.cfg, "shift": used.shift,
                     "seed": a.seed, "image_size": side, "seconds": secs}),
             );
             println!(
@@ -663,7 +666,7 @@ impl EvalProxy {
         let ids = pipe.tokenize(&prompts)?;
         let hw = pipe.default_latent_hw();
         let c = pipe.model.latent_channels();
-        let config = pipe.generation.sample_config(a.steps, a.cfg);
+        let config = pipe.generation.sample_config(a.steps, a.cfg, a.shift);
         config.validate()?;
         let start = Instant::now();
         let mut images = Vec::with_capacity(items.len());

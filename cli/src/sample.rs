@@ -39,6 +39,11 @@ pub struct SampleArgs {
     /// generation cfg_weight, else 2].
     #[arg(long, allow_negative_numbers = true)]
     cfg: Option<f64>,
+    /// Timestep shift of the step grid (σ' = sσ/(1+(s−1)σ), as SD3 and diffusers' flow-match
+    /// scheduler); above 1 spends more steps near the noise [default: the model's generation
+    /// shift, else 1 = the uniform grid].
+    #[arg(long)]
+    shift: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -78,7 +83,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if !args.prompts.is_empty() && !args.token_ids.is_empty() {
         bail!("give either --prompt or --token-ids, not both");
     }
-    GenerationConfig::default().sample_config(args.steps, args.cfg).validate()?;
+    GenerationConfig::default().sample_config(args.steps, args.cfg, args.shift).validate()?;
     let mut args = args;
     if args.model.is_none() && args.preset.is_none() {
         args.model = Some(default_model_dir()?);
@@ -185,7 +190,7 @@ impl SampleTask {
             }
         };
 
-        let config = pipe.generation.sample_config(a.steps, a.cfg);
+        let config = pipe.generation.sample_config(a.steps, a.cfg, a.shift);
         config.validate()?;
         let progress = Progress::new(config.steps);
         let mut v_steps: Vec<Vec<f32>> = Vec::new();

@@ -13,7 +13,6 @@ use rfgen_backends::{BackendKind, TrainTask};
 use rfgen_core::checkpoint::{StoredDtype, VarBuilder, Weights};
 use rfgen_core::data::{load_dir, Dataset, Split};
 use rfgen_core::pipeline::{read_generator_config, Pipeline, VaeFiles};
-use rfgen_core::sampler::SampleConfig;
 use rfgen_core::checkpoint::init_values;
 use rfgen_core::convert::ModelKind;
 use rfgen_core::gguf;
@@ -494,7 +493,7 @@ impl Train {
             TensorData::new(rfgen_core::noise::gaussian(a.seed ^ 0x5a5a, prompts.len() * c * h * w), [prompts.len(), c, h, w]),
             device,
         );
-        let cfg = SampleConfig { steps: a.sample_steps, cfg: config.generation.cfg_weight.unwrap_or(2.0), ..SampleConfig::default() };
+        let cfg = config.generation.sample_config(Some(a.sample_steps), None, None);
         let out = pipe.generate(&ids, z0, &cfg, |_| {})?;
         let images = out.images.unwrap_or(out.z1);
         let [n, _, ih, iw] = images.dims();

@@ -79,11 +79,15 @@ pub trait VelocityModel<B: Backend> {
 pub struct SampleConfig {
     pub steps: usize,
     pub cfg: f64,
+    /// Timestep shift of the step grid (SD3 / diffusers' `FlowMatchEulerDiscreteScheduler`):
+    /// noise level `σ' = s·σ / (1 + (s − 1)·σ)` on the uniform grid `σ = 1 − step/N`. Above 1
+    /// it spends more steps near the noise; 1 is JanusFlow's uniform grid.
+    pub shift: f64,
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { steps: 30, cfg: 2.0 }
+        Self { steps: 30, cfg: 2.0, shift: 1.0 }
     }
 }
 
@@ -95,7 +99,20 @@ impl SampleConfig {
         if !self.cfg.is_finite() || self.cfg < 0.0 || self.cfg > 100.0 {
             return Err(Error::input(format!("cfg must be a finite number in [0, 100], got {}", self.cfg)));
         }
+        if !self.shift.is_finite() || self.shift <= 0.0 || self.shift > 100.0 {
+            return Err(Error::input(format!("shift must be a finite number in (0, 100], got {}", self.shift)));
+        }
         Ok(())
+    }
+
+    /// t (0 = noise, 1 = data) at grid point `i` of `0..=steps`.
+    pub fn time(&self, i: usize) -> f64 {
+        let u = i as f64 / self.steps as f64;
+        if self.shift == 1.0 {
+            return u;
+        }
+        let sigma = 1.0 - u;
+        1.0 - self.shift * sigma / (1.0 + (self.shift - 1.0) * sigma)
     }
 }
 
@@ -150,14 +167,14 @@ pub fn check_inputs<B: Backend, M: VelocityModel<B>>(model: &M, batch: &PromptBa
 /// The Euler-CFG loop one step at a time (the browser awaits between steps).
 ///
 /// Each step: `t = step / N * 1000` for all 2B rows, `v = w v_cond - (w - 1) v_uncond`,
-/// `z += v / N`.
+/// `z += v / N` (with a shift ≠ 1: `t = t_step`, `z += v (t_{step+1} - t_step)`, see
+/// [`SampleConfig::shift`]).
 pub struct EulerCfg<'m, B: Backend, M: VelocityModel<B>> {
     model: &'m M,
     cond: M::Cond,
     z: Tensor<B, 4>,
     step: usize,
-    steps: usize,
-    cfg: f32,
+    config: SampleConfig,
 }
 
 /// One step's velocities.
@@ -174,15 +191,15 @@ impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
         config.validate()?;
         check_inputs(model, batch, z0.dims())?;
         let cond = model.prepare(batch, &z0.device());
-        Ok(Self { model, cond, z: z0, step: 0, steps: config.steps, cfg: config.cfg as f32 })
+        Ok(Self { model, cond, z: z0, step: 0, config: *config })
     }
 
     pub fn is_done(&self) -> bool {
-        self.step >= self.steps
+        self.step >= self.config.steps
     }
 
     pub fn steps(&self) -> usize {
-        self.steps
+        self.config.steps
     }
 
     /// What the model prepared from the prompts (e.g. to attach a profiling hook).
@@ -201,13 +218,17 @@ impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
             return None;
         }
         let [b, c, h, w] = self.z.dims();
-        let (step, n) = (self.step, self.steps);
-        let t = (step as f64 / n as f64 * 1000.0) as f32;
+        let (step, n) = (self.step, self.config.steps);
+        let cfg = self.config.cfg as f32;
+        let uniform = self.config.shift == 1.0;
+        // The uniform grid keeps the official loop's arithmetic exactly.
+        let t = if uniform { (step as f64 / n as f64 * 1000.0) as f32 } else { (self.config.time(step) * 1000.0) as f32 };
+        let dt = if uniform { 1.0f32 / n as f32 } else { (self.config.time(step + 1) - self.config.time(step)) as f32 };
         let v = self.model.velocity(Tensor::cat(vec![self.z.clone(), self.z.clone()], 0), &vec![t; 2 * b], &mut self.cond);
         let v_cond = v.clone().slice([0..b, 0..c, 0..h, 0..w]);
         let v_uncond = v.slice([b..2 * b, 0..c, 0..h, 0..w]);
-        let v_cfg = v_cond.clone().mul_scalar(self.cfg) - v_uncond.clone().mul_scalar(self.cfg - 1.0);
-        self.z = self.z.clone() + v_cfg.clone().mul_scalar(1.0f32 / n as f32);
+        let v_cfg = v_cond.clone().mul_scalar(cfg) - v_uncond.clone().mul_scalar(cfg - 1.0);
+        self.z = self.z.clone() + v_cfg.clone().mul_scalar(dt);
         self.step += 1;
         Some(StepOutput { step, t, v_cond, v_uncond, v_cfg })
     }

@@ -29,8 +29,8 @@ impl Model {
     /// Steps and guidance when the caller gives none.
     fn defaults(&self) -> SampleConfig {
         match self {
-            Model::Gpu(p) => p.generation.sample_config(None, None),
-            Model::Cpu(p) => p.generation.sample_config(None, None),
+            Model::Gpu(p) => p.generation.sample_config(None, None, None),
+            Model::Cpu(p) => p.generation.sample_config(None, None, None),
         }
     }
 }
@@ -210,7 +210,7 @@ fn preview(latent: &[f32], c: usize, h: usize, w: usize) -> Vec<u8> {
 }
 
 async fn run<B: Backend>(pipe: &Pipeline<B>, prompt: &str, o: &JsValue, cancel: &Cell<bool>) -> Result<JsValue, String> {
-    let sample = pipe.generation.sample_config(number(o, "steps").map(|v| v as usize), number(o, "cfg"));
+    let sample = pipe.generation.sample_config(number(o, "steps").map(|v| v as usize), number(o, "cfg"), number(o, "shift"));
     let steps = sample.steps;
     let seed = number(o, "seed").unwrap_or(0.0) as u64;
     let ids = match field(o, "tokenIds") {

@@ -179,6 +179,7 @@ impl GenerationConfig {
             image_gen_token_id: self.image_gen_token_id.or(b.image_gen_token_id),
             cfg_weight: self.cfg_weight.or(b.cfg_weight),
             num_inference_steps: self.num_inference_steps.or(b.num_inference_steps),
+            shift: self.shift.or(b.shift),
             latent_shape: self.latent_shape.or(b.latent_shape),
             vae_scaling_factor: self.vae_scaling_factor.or(b.vae_scaling_factor),
             tokenizer: self.tokenizer.or(b.tokenizer),
@@ -200,6 +201,9 @@ pub struct GenerationConfig {
     pub cfg_weight: Option<f64>,
     #[serde(default)]
     pub num_inference_steps: Option<usize>,
+    /// Timestep shift of the sampling grid ([`SampleConfig::shift`]); 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
     #[serde(default)]
     pub latent_shape: Option<Vec<usize>>,
     #[serde(default)]
@@ -215,11 +219,12 @@ pub struct GenerationConfig {
 
 impl GenerationConfig {
     /// Sampling settings: the given ones, else this config's, else [`SampleConfig::default`].
-    pub fn sample_config(&self, steps: Option<usize>, cfg: Option<f64>) -> SampleConfig {
+    pub fn sample_config(&self, steps: Option<usize>, cfg: Option<f64>, shift: Option<f64>) -> SampleConfig {
         let d = SampleConfig::default();
         SampleConfig {
             steps: steps.or(self.num_inference_steps).unwrap_or(d.steps),
             cfg: cfg.or(self.cfg_weight).unwrap_or(d.cfg),
+            shift: shift.or(self.shift).unwrap_or(d.shift),
         }
     }
 }
