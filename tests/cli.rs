@@ -226,6 +226,7 @@ fn bad_inputs_give_one_line_errors() {
     };
     expect_error(plain().args(["--steps", "0"]), "steps");
     expect_error(plain().args(["--cfg", "NaN"]), "cfg");
+    expect_error(plain().args(["--shift", "0"]), "shift");
     expect_error(plain().args(["--backend", "tpu"]), "unknown backend");
     expect_error(plain().args(["--backend", "cuda"]), "cuda");
 
