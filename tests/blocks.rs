@@ -195,3 +195,44 @@ fn gelu_tanh_ndarray() {
 fn gelu_tanh_wgpu() {
     gelu_tanh_on(BackendKind::Wgpu);
 }
+
+/// A quantized weight unpacked on the device (shifts, masks, int → float, scales), and an
+/// embedding lookup of its rows, against the reference dequantization on the host.
+struct QuantUnpack;
+impl BackendTask for QuantUnpack {
+    type Output = Vec<(String, f32)>;
+    fn run<B: Backend>(self, device: B::Device) -> rfgen_core::Result<Vec<(String, f32)>> {
+        use rfgen_core::quant::{quantize, QuantScheme, QuantWeight};
+        let (d_out, d_in) = (24, 64);
+        let w: Vec<f32> = rfgen_core::noise::gaussian(5, d_out * d_in).iter().map(|x| x * 0.3).collect();
+        let mut worst = Vec::new();
+        for scheme in [QuantScheme::Int8, QuantScheme::Int4 { group: 32 }] {
+            let q = quantize("w", &w, d_out, d_in, scheme)?;
+            let want = q.dequantize();
+            let dev = QuantWeight::<B>::from_quantized(&q, &device).expect("whole words");
+            let got = dev.dequantize().into_data().convert::<f32>().into_vec::<f32>().unwrap();
+            let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst.push((format!("{scheme:?} dequantize"), diff));
+            let ids = burn::tensor::Tensor::<B, 1, burn::tensor::Int>::from_ints([3, 0, 23, 3].as_slice(), &device);
+            let rows = dev.select_rows(ids).dequantize().into_data().convert::<f32>().into_vec::<f32>().unwrap();
+            let want_rows: Vec<f32> = [3, 0, 23, 3].iter().flat_map(|&r| want[r * d_in..(r + 1) * d_in].to_vec()).collect();
+            let diff = rows.iter().zip(&want_rows).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst.push((format!("{scheme:?} rows"), diff));
+        }
+        Ok(worst)
+    }
+}
+
+fn quant_unpack_on(backend: BackendKind) {
+    for (what, diff) in run(backend, QuantUnpack).unwrap() {
+        assert!(diff <= 1e-6, "{}: {what} differs from the host's by {diff}", backend.name());
+    }
+}
+#[test]
+fn quant_unpack_ndarray() {
+    quant_unpack_on(BackendKind::Ndarray);
+}
+#[test]
+fn quant_unpack_wgpu() {
+    quant_unpack_on(BackendKind::Wgpu);
+}

@@ -44,7 +44,10 @@ impl<B: Backend> QuantWeight<B> {
     pub fn select_rows(&self, ids: Tensor<B, 1, Int>) -> Self {
         Self {
             words: self.words.clone().select(0, ids.clone()),
-            scales: self.scales.clone().select(0, ids),
+            // A separate index tensor: with burn 0.21's kernel fusion (wgpu), two selects sharing one
+            // index tensor inside one fused dequantization gave wrong rows (tests/blocks.rs
+            // quant_unpack_wgpu with `--features rfgen-backends/fusion`).
+            scales: self.scales.clone().select(0, ids.add_scalar(0)),
             bits: self.bits,
             d_in: self.d_in,
         }
