@@ -114,6 +114,15 @@ impl SampleConfig {
         let sigma = 1.0 - u;
         1.0 - self.shift * sigma / (1.0 + (self.shift - 1.0) * sigma)
     }
+
+    /// Euler step size from grid point `i` to `i + 1`; exactly `1/N` in f32 on the uniform grid,
+    /// as the official loop computes it.
+    pub fn step_size(&self, i: usize) -> f32 {
+        if self.shift == 1.0 {
+            return 1.0 / self.steps as f32;
+        }
+        (self.time(i + 1) - self.time(i)) as f32
+    }
 }
 
 /// What the loop reports after each Euler step.
@@ -167,7 +176,7 @@ pub fn check_inputs<B: Backend, M: VelocityModel<B>>(model: &M, batch: &PromptBa
 /// The Euler-CFG loop one step at a time (the browser awaits between steps).
 ///
 /// Each step: `t = step / N * 1000` for all 2B rows, `v = w v_cond - (w - 1) v_uncond`,
-/// `z += v / N` (with a shift ≠ 1: `t = t_step`, `z += v (t_{step+1} - t_step)`, see
+/// `z += v / N` (with a shift ≠ 1: `t = t_step · 1000`, `z += v (t_{step+1} - t_step)`, see
 /// [`SampleConfig::shift`]).
 pub struct EulerCfg<'m, B: Backend, M: VelocityModel<B>> {
     model: &'m M,
@@ -218,12 +227,10 @@ impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
             return None;
         }
         let [b, c, h, w] = self.z.dims();
-        let (step, n) = (self.step, self.config.steps);
+        let step = self.step;
         let cfg = self.config.cfg as f32;
-        let uniform = self.config.shift == 1.0;
-        // The uniform grid keeps the official loop's arithmetic exactly.
-        let t = if uniform { (step as f64 / n as f64 * 1000.0) as f32 } else { (self.config.time(step) * 1000.0) as f32 };
-        let dt = if uniform { 1.0f32 / n as f32 } else { (self.config.time(step + 1) - self.config.time(step)) as f32 };
+        let t = (self.config.time(step) * 1000.0) as f32;
+        let dt = self.config.step_size(step);
         let v = self.model.velocity(Tensor::cat(vec![self.z.clone(), self.z.clone()], 0), &vec![t; 2 * b], &mut self.cond);
         let v_cond = v.clone().slice([0..b, 0..c, 0..h, 0..w]);
         let v_uncond = v.slice([b..2 * b, 0..c, 0..h, 0..w]);

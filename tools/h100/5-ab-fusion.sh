@@ -8,9 +8,10 @@
 #       --features cuda,fusion[,autotune] --target-dir /work/target-cuda-fused
 # (stripped, xz). All of .stage8/ with both builds is 64.6 MB, over the device tool's 64 MiB with
 # the repository: carry only cli-fused.xz (move cli.xz aside) and compare with the plain build's
-# 2.8-3.1 steps/s at batch 512 recorded in models/default/train_log.b512.jsonl (same H100 kind). Each build trains STEPS steps of batch BATCH from the carried model; the log's
-# elapsed time between the first logged step and the last gives steady-state steps/s (the first
-# steps include CUDA compilation and, with autotune, the tuning runs).
+# 2.8-3.1 steps/s at batch 512 recorded in models/default/train_log.b512.jsonl (same H100 kind).
+# Each build trains STEPS steps of batch BATCH from the carried model; the log's elapsed time
+# between the first logged step and the last gives steady-state steps/s (the first steps include
+# CUDA compilation and, with autotune, the tuning runs).
 set -x
 S=/root/stash; G=.stage8; mkdir -p $S
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
