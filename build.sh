@@ -132,6 +132,12 @@ case "${1:-run}" in
   test)
     setup
     log "fixtures: $RFGEN_FIXTURES"
+    # A clean build keeps no incremental state (1.7 GB of a 5 GB target dir; CI builds once).
+    export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+    tdir=${CARGO_TARGET_DIR:-$ROOT/target}; mkdir -p "$tdir"
+    free_gb=$(df -Pk "$tdir" | awk 'NR==2 {print int($4 / 1048576)}')
+    log "disk: ${free_gb} GB free for $tdir (a clean test build needs about 4 GB)"
+    [ "$free_gb" -ge 4 ] || log "warning: low disk space; the build may fail with 'No space left on device'"
     # Unit tests, data-driven parity (ndarray + wgpu), CLI end to end and bad inputs.
     cargo test --workspace --no-fail-fast -- --test-threads=2
     # The cuda backend must keep compiling offline (no GPU needed to check it).

@@ -126,7 +126,6 @@ fn end_to_end(backend: &str) {
             }
         }
         r.finish(&format!("cli {} on {backend}", f.dir.display()));
-        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
 
@@ -156,7 +155,7 @@ fn expect_error(cmd: &mut Command, needle: &str) {
 }
 
 /// A copy of the fixture model whose weights are changed by `edit`.
-fn broken_model(f: &Fixture, tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> PathBuf {
+fn broken_model(f: &Fixture, tag: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> TempDir {
     let dir = tempdir(tag);
     for name in ["config.json", "generation.json"] {
         std::fs::copy(f.dir.join(name), dir.join(name)).unwrap();
@@ -247,10 +246,6 @@ fn bad_inputs_give_one_line_errors() {
     let mut empty = Command::new(BIN);
     empty.arg("sample").arg("--model").arg(&f.dir).args(["--token-ids", ""]).arg("--dump").arg(&dump);
     expect_error(&mut empty, "token");
-
-    for d in [tmp, truncated, missing, misshapen, nan, extra] {
-        let _ = std::fs::remove_dir_all(d);
-    }
 }
 
 #[test]
@@ -290,7 +285,6 @@ fn prompt_through_tokenizer_equals_token_ids() {
             dumps.push(read_io(&dump)["z1"].f32.clone());
         }
         assert_eq!(dumps[0], dumps[1], "--prompt and the equivalent --token-ids differ");
-        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
 
@@ -345,7 +339,6 @@ fn presets_sample_with_random_weights_and_round_trip_through_init() {
     }
     expect_error(Command::new(BIN).args(["sample", "--preset", "nope-tiny", "--init", "random", "--prompt", "x", "--dump"]).arg(tmp.join("c")), "unknown preset");
     expect_error(Command::new(BIN).args(["sample", "--preset", "both-tiny", "--prompt", "x", "--dump"]).arg(tmp.join("c")), "--init random");
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]
@@ -366,7 +359,6 @@ fn bench_reports_timings_split_and_flops_as_json() {
         assert!(v["split_seconds"][part].as_f64().unwrap() > 0.0, "{part}: {v}");
     }
     expect_error(Command::new(BIN).args(["bench", "--preset", "baseline-tiny", "--dtype", "f16"]), "f16");
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// `convert` of the shipped model (which stores only what differs from its SmolLM2 GGUF) writes a
@@ -416,7 +408,6 @@ fn convert_folds_the_gguf_llm_into_the_default_model() {
         .env("RFGEN_SMOLLM2_GGUF", &bogus).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("sha256"), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!dir.join("bad").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The shipped emoji model: `sample --prompt ... -o x.png` with no --model (the LLM comes from the

@@ -111,7 +111,6 @@ fn convert_inspect_sample_round_trip() {
             r.check(&format!("vae int8 {backend} PSNR"), p >= 35.0, format!("{p:.2} dB"));
         }
         r.finish(&model.display().to_string());
-        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
 
@@ -169,5 +168,4 @@ fn conversion_bad_inputs_are_clear_errors_and_leave_nothing() {
     fails(&["inspect", t], "missing");
     fails(&["convert", "--from", m, "--to", tmp.join("x").to_str().unwrap(), "--quant", "int3"], "unknown quantization");
     fails(&["convert", "--from", tmp.join("nope").to_str().unwrap(), "--to", tmp.join("x").to_str().unwrap()], "does not exist");
-    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -292,5 +292,4 @@ fn bad_inputs_are_clear_errors() {
     assert!(ProxyClipTrainer::<AB>::new(c.clone(), bad, &Default::default()).is_err());
     let trainer = ProxyClipTrainer::<AB>::new(c.clone(), ProxyTrainConfig::default(), &Default::default()).unwrap();
     assert!(trainer.evaluate(&[0.0; 10], &[0.0; 16]).unwrap_err().to_string().contains("b >= 2"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

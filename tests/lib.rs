@@ -23,12 +23,42 @@ pub enum FixtureKind {
     SingleStreamBlock,
 }
 
-/// A fresh, empty directory under the system temp dir, unique to this process and `tag`.
-pub fn tempdir(tag: &str) -> PathBuf {
+/// A fresh, empty directory under the system temp dir, unique to this process and `tag`,
+/// removed when dropped (tests write checkpoints of hundreds of MB; CI disks are small).
+pub fn tempdir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("rfgen-test-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
+}
+
+/// A directory that is deleted with everything in it when the value goes out of scope.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The kind of a fixture folder, read from its config.json (folder names may be anything).

@@ -80,7 +80,6 @@ fn digits_run_and_resume() {
         .arg(&dump));
     let z1 = weights(&dump).read_f32("z1").unwrap().unwrap();
     assert!(!z1.is_empty() && z1.iter().all(|v| v.is_finite()));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every arm trains in pixel space (the ConvNeXt parts take 3 channels then) and its export samples.
@@ -104,7 +103,6 @@ fn every_tiny_preset_trains_in_pixel_space() {
     let o = train(&data, &dir.join("cuda"), &["--steps", "1", "--backend", "cuda"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() || (err.trim().lines().count() == 1 && err.contains("cuda") && !err.contains("panicked")), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn smollm2_gguf() -> Option<PathBuf> {
@@ -166,7 +164,6 @@ fn gguf_llm_is_not_stored_in_stage_one_and_is_a_delta_after_stage_two() {
         checked += 1;
     }
     assert!(checked >= 9, "{checked}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -214,5 +211,4 @@ fn init_from_starts_a_run_from_a_trained_model() {
         assert!(!o.status.success() && err.contains(needle), "expected an error with {needle:?}, got: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
