@@ -14,6 +14,7 @@ use rfgen_core::data::Dataset;
 use rfgen_core::pipeline::VaeFiles;
 use rfgen_core::vae::train::encode_flow_latents;
 use rfgen_core::vae::AutoencoderKl;
+use crate::output::write_atomic;
 use crate::progress::{status, status_done};
 
 /// The latents file and its description, written into the dataset directory.
@@ -77,12 +78,6 @@ fn vae_digest(dir: &Path) -> Result<(String, serde_json::Map<String, serde_json:
     Ok((sha256_hex(summary.as_bytes()), files))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} into place", path.display()))
-}
 
 pub fn run(args: EncodeArgs) -> Result<()> {
     let kind: BackendKind = args.backend.parse()?;

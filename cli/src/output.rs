@@ -34,11 +34,18 @@ pub fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// Writes `bytes` to a hidden temporary file beside `path`, then renames it into place: readers
+/// see the old file or the new one, never half of one. A failed write (a full disk) leaves nothing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Reads `z0` from a safetensors file: `[c, h, w]` (repeated for every prompt) or `[n, c, h, w]`.
@@ -98,4 +105,30 @@ pub fn grid(images: &[Vec<u8>], width: usize, height: usize, cols: usize) -> (Ve
         }
     }
     (out, gw, gh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_atomic;
+
+    #[test]
+    fn atomic_write_replaces_and_a_failed_one_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("rfgen-write-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.json");
+        write_atomic(&file, b"old").unwrap();
+        write_atomic(&file, b"new").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+
+        // Renaming onto a non-empty directory fails after the bytes were written.
+        let blocked = dir.join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        let err = write_atomic(&blocked, b"x").unwrap_err();
+        assert!(format!("{err:#}").contains("blocked"), "{err:#}");
+        let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["a.json", "blocked"], "a failed write left a temporary file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
