@@ -187,6 +187,19 @@ fn bad_inputs_give_one_line_errors() {
     let mut bad_vae = sample_cmd(f, &f.dir, &noise, "ndarray");
     bad_vae.arg("--vae").arg(tmp.join("no-such-vae")).arg("-o").arg(tmp.join("x.png"));
     expect_error(&mut bad_vae, "no-such-vae");
+    // Outputs that could not be written are refused before sampling, not after it.
+    for (out, needle) in [
+        (tmp.join("no-such-folder").join("x.png"), "no-such-folder"),
+        (tmp.join("x.jpg"), ".png"),
+        (tmp.to_path_buf(), "directory"),
+    ] {
+        let mut cmd = sample_cmd(f, &f.dir, &noise, "ndarray");
+        cmd.arg("--vae").arg(tmp.join("vae-never-read")).arg("-o").arg(&out);
+        expect_error(&mut cmd, needle);
+    }
+    let mut dump_cmd = sample_cmd(f, &f.dir, &noise, "ndarray");
+    dump_cmd.arg("--dump").arg(tmp.join("no-such-folder").join("d.safetensors"));
+    expect_error(&mut dump_cmd, "no-such-folder");
 
     let truncated = tempdir("cli-truncated");
     for name in ["config.json", "generation.json"] {

@@ -23,7 +23,7 @@ use rfgen_core::pipeline::{find_llm_gguf, ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::janusflow::GenerationConfig;
 use rfgen_core::sampler::{SampleConfig, VelocityModel};
 
-use crate::output::{grid, write_atomic, write_png};
+use crate::output::{check_output, grid, write_atomic, write_png};
 use crate::progress::{status, status_done};
 
 /// The GGUF whose first layers give the proxy scorer's text features.
@@ -184,6 +184,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 if a.batch == 0 {
                     bail!("--batch must be at least 1");
                 }
+            }
+            if let Some(path) = &a.out {
+                check_output("--out", path, None)?;
+            }
+            if let Some(path) = &a.grid {
+                check_output("--grid", path, Some("png"))?;
             }
             let scorer = a.scorer.take().unwrap_or_else(default_scorer_dir);
             let data = match a.data.take() {

@@ -12,7 +12,7 @@ use rfgen_core::pipeline::VaeFiles;
 use rfgen_core::vae::train::reconstruction_psnr;
 use rfgen_core::vae::AutoencoderKl;
 
-use crate::output::write_atomic;
+use crate::output::{check_output, write_atomic};
 
 #[derive(Args, Debug, Clone)]
 pub struct VaeEvalArgs {
@@ -56,6 +56,9 @@ pub fn run(a: VaeEvalArgs) -> Result<()> {
     let kind: BackendKind = a.backend.parse()?;
     if a.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if let Some(path) = &a.out {
+        check_output("--out", path, None)?;
     }
     let data = load_dir(&a.data).with_context(|| format!("dataset {}", a.data.display()))?;
     let files = VaeFiles::read_dir(&a.vae)?;

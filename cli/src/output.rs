@@ -80,6 +80,25 @@ pub fn png_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     (0..n).map(|i| out.with_file_name(format!("{stem}-{i}.{ext}"))).collect()
 }
 
+/// Refuses, before any work is done, an output that could not be written at the end: a folder
+/// that does not exist, a path that is a folder, or (with `ext`) another file type.
+pub fn check_output(flag: &str, path: &Path, ext: Option<&str>) -> Result<()> {
+    if path.is_dir() {
+        bail!("{flag} {}: is a directory; give a file name", path.display());
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!("{flag} {}: the folder {} does not exist", path.display(), parent.display());
+    }
+    if let Some(ext) = ext {
+        let given = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !given.eq_ignore_ascii_case(ext) {
+            bail!("{flag} {}: rfgen writes .{ext} files; name the output FILE.{ext}", path.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn write_png(path: &Path, rgb: &[u8], width: usize, height: usize) -> Result<()> {
     let mut buf = Vec::new();
     {

@@ -8,7 +8,7 @@ use rfgen_core::pipeline::{ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::janusflow::GenerationConfig;
 use rfgen_core::structured::preset;
 
-use crate::output::{grid, png_paths, read_noise, write_png, write_safetensors, Named};
+use crate::output::{check_output, grid, png_paths, read_noise, write_png, write_safetensors, Named};
 use crate::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
@@ -104,6 +104,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
         }
         // As stable-diffusion.cpp does: an image in the current directory.
         args.output = Some(PathBuf::from(DEFAULT_OUTPUT));
+    }
+    if let Some(path) = &args.output {
+        check_output("-o", path, Some("png"))?;
+    }
+    if let Some(path) = &args.dump {
+        check_output("--dump", path, None)?;
     }
     match (&args.model, &args.preset, args.init.as_deref()) {
         (Some(_), None, _) => {}
