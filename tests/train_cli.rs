@@ -205,6 +205,7 @@ fn init_from_starts_a_run_from_a_trained_model() {
         (other, "--init-from"),
         (train(&data, &dir.join("missing"), &["--steps", "1", "--init-from", "/nonexistent/model"]), "cannot read"),
         (both, "cannot be used with"),
+        (train(&data, &dir.join("never-trained"), &["--steps", "1", "--resume"]), "has no checkpoint"),
     ] {
         let o = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);

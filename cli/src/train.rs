@@ -316,6 +316,9 @@ impl Train {
         std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
         let ckpt_dir = a.out.join("checkpoint");
 
+        if a.resume && !ckpt_dir.join("state.json").is_file() {
+            bail!("--resume: {} has no checkpoint (checkpoint/state.json); start without --resume", a.out.display());
+        }
         let mut trainer = if a.resume {
             let read = |f: &str| std::fs::read(ckpt_dir.join(f)).with_context(|| format!("cannot read {}", ckpt_dir.join(f).display()));
             let state: TrainState = serde_json::from_slice(&read("state.json")?).context("checkpoint state.json")?;
