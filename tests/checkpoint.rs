@@ -57,7 +57,6 @@ fn sample_z1(dir: &Path, fixture: &Path) -> Vec<f32> {
     let config = SampleConfig {
         steps: gen["num_inference_steps"].as_u64().unwrap() as usize,
         cfg: gen["cfg_weight"].as_f64().unwrap(),
-
         ..SampleConfig::default()
     };
     let out = pipe.generate(&prompts, io["z0"].to_tensor(&device), &config, |_| {}).unwrap();

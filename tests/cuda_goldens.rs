@@ -57,7 +57,6 @@ fn replay<B: Backend>(dir: &Path, device: &B::Device) -> rfgen_core::Result<Repo
     let config = SampleConfig {
         steps: meta["steps"].as_u64().expect("steps") as usize,
         cfg: meta["cfg"].as_f64().expect("cfg"),
-
         ..SampleConfig::default()
     };
     let z0: Tensor<B, 4> = io["z0"].to_tensor(device);

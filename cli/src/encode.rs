@@ -78,7 +78,6 @@ fn vae_digest(dir: &Path) -> Result<(String, serde_json::Map<String, serde_json:
     Ok((sha256_hex(summary.as_bytes()), files))
 }
 
-
 pub fn run(args: EncodeArgs) -> Result<()> {
     let kind: BackendKind = args.backend.parse()?;
     if args.batch == 0 {
