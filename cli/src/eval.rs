@@ -534,7 +534,7 @@ struct EvalProxy {
 fn default_scorer_dir() -> PathBuf {
     match std::env::var_os("RFGEN_PROXY_SCORER") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/proxy-clip")),
+        _ => crate::output::repo_model_dir("proxy-clip"),
     }
 }
 

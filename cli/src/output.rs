@@ -27,6 +27,13 @@ impl View for F32View<'_> {
     }
 }
 
+/// `models/NAME` of the repository this binary was built from (the shipped default model and proxy
+/// scorer), without the `cli/..` detour where the folder exists.
+pub fn repo_model_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models").join(name);
+    dir.canonicalize().unwrap_or(dir)
+}
+
 /// Writes the tensors atomically (temporary file, then rename).
 pub fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
     let views = tensors.iter().map(|t| (t.name.clone(), F32View(t)));

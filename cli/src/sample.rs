@@ -127,7 +127,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
 pub fn default_model_dir() -> Result<PathBuf> {
     let dir = match std::env::var_os("RFGEN_DEFAULT_MODEL") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default")),
+        None => crate::output::repo_model_dir("default"),
     };
     if !dir.join("config.json").is_file() {
         bail!("no --model given and the default model is missing at {} (set RFGEN_DEFAULT_MODEL or pass --model)", dir.display());

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::data::{fnv1a64, Dataset, Split};
+use crate::data::{fnv1a64, mix64, Dataset, Split};
 use crate::error::{Error, Result};
 
 /// Ranks and top-k rates of one retrieval run (every image against its own candidate list).
@@ -86,7 +86,9 @@ pub fn stats_of(ranks: Vec<usize>) -> RetrievalStats {
 
 /// One item per base of `split`: the base's own image (`id == base`) where it exists, else its
 /// first item; ordered by a fixed hash of the base id (a stable pseudo-random order that does not
-/// depend on `n`, so a smaller `n` is a prefix of a larger one).
+/// depend on `n`, so a smaller `n` is a prefix of a larger one, and in which ids that differ only
+/// in their last code point, such as the flags of one letter, are not neighbours: any prefix is a
+/// fair sample of the split).
 pub fn split_representatives(data: &Dataset, split: Split) -> Vec<usize> {
     let mut by_base: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, item) in data.items.iter().enumerate().filter(|(_, it)| it.split == split) {
@@ -96,7 +98,7 @@ pub fn split_representatives(data: &Dataset, split: Split) -> Vec<usize> {
         }
     }
     let mut reps: Vec<(u64, &str, usize)> =
-        by_base.into_iter().map(|(base, i)| (fnv1a64(format!("proxy-eval:{base}").as_bytes()), base, i)).collect();
+        by_base.into_iter().map(|(base, i)| (mix64(fnv1a64(format!("proxy-eval:{base}").as_bytes())), base, i)).collect();
     reps.sort();
     reps.into_iter().map(|(_, _, i)| i).collect()
 }
@@ -174,5 +176,34 @@ mod tests {
         assert_eq!(rank_of_first(&[0.0; 10]), 10);
         assert_eq!(rank_of_first(&[f32::NAN, 0.1]), 2);
         assert_eq!(top_k(&[1, 2, 5, 6], 5), 0.75);
+    }
+
+    /// A family of ids that differ only in the last code point (the 26 flags "1f1f8-1f1e6" …) is
+    /// 10% of the split; the first 10% of the order must not be made of it.
+    #[test]
+    fn the_scored_prefix_is_a_fair_sample() {
+        let mut items = vec![];
+        let mut push = |id: String, family: bool| {
+            let caption = if family { format!("flag {id}") } else { format!("thing {id}") };
+            items.push(crate::data::Item { id: id.clone(), base: id, split: Split::Train, captions: vec![caption] });
+        };
+        for c in 0x1f1e6..=0x1f1ff {
+            push(format!("1f1f8-{c:x}"), true);
+        }
+        for k in 0..234u32 {
+            push(format!("{:x}-fe0f", 0x2600 + 7 * k), false);
+        }
+        let data = Dataset { name: "synthetic".into(), size: 1, images: vec![0; items.len() * 3], items };
+        let order = split_representatives(&data, Split::Train);
+        assert_eq!(order.len(), 260);
+        let family_in_prefix = order[..26].iter().filter(|&&i| data.items[i].captions[0].starts_with("flag")).count();
+        // 2.6 expected; 8 or more has probability < 1e-3 for a fair order.
+        assert!(family_in_prefix < 8, "{family_in_prefix} of the first 26 items are one family");
+        let mut runs = 0;
+        for w in order.windows(2) {
+            let flag = |i: usize| data.items[i].captions[0].starts_with("flag");
+            runs += (flag(w[0]) && flag(w[1])) as usize;
+        }
+        assert!(runs < 10, "{runs} family members directly follow one another");
     }
 }
