@@ -196,14 +196,11 @@ mod tests {
         let data = Dataset { name: "synthetic".into(), size: 1, images: vec![0; items.len() * 3], items };
         let order = split_representatives(&data, Split::Train);
         assert_eq!(order.len(), 260);
-        let family_in_prefix = order[..26].iter().filter(|&&i| data.items[i].captions[0].starts_with("flag")).count();
+        let flag = |i: usize| data.items[i].captions[0].starts_with("flag");
+        let family_in_prefix = order[..26].iter().filter(|&&i| flag(i)).count();
         // 2.6 expected; 8 or more has probability < 1e-3 for a fair order.
         assert!(family_in_prefix < 8, "{family_in_prefix} of the first 26 items are one family");
-        let mut runs = 0;
-        for w in order.windows(2) {
-            let flag = |i: usize| data.items[i].captions[0].starts_with("flag");
-            runs += (flag(w[0]) && flag(w[1])) as usize;
-        }
+        let runs = order.windows(2).filter(|w| flag(w[0]) && flag(w[1])).count();
         assert!(runs < 10, "{runs} family members directly follow one another");
     }
 }
