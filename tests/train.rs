@@ -7,7 +7,7 @@ use rfgen_core::checkpoint::{VarBuilder, Weights};
 use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig};
 use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{
-    batch_items, export_weights, AdamW, AdamWConfig, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, TrainState,
+    batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, TrainState,
 };
 
 type B = Autodiff<NdArray<f32>>;
@@ -76,10 +76,12 @@ fn roundtrip(w: &Weights) -> Weights {
 #[test]
 fn resume_equals_an_uninterrupted_run() {
     let n = 6;
-    let mut straight = fresh(settings());
+    // A cooldown that starts before the resume point and ends with the run.
+    let settings = FlowTrainConfig { decay: Decay::Linear { start: 2, end: n, floor: 0.1 }, ..settings() };
+    let mut straight = fresh(settings.clone());
     run(&mut straight, n);
 
-    let mut first = fresh(settings());
+    let mut first = fresh(settings);
     run(&mut first, n / 2);
     let (model, ema, optim, state) = first.checkpoint();
     let state: TrainState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
@@ -91,6 +93,7 @@ fn resume_equals_an_uninterrupted_run() {
     vb.clone().finish(&[]).unwrap();
     let mut resumed = FlowTrainer::resume(built, vb.param_keys(), &state, &roundtrip(&ema), &roundtrip(&optim), 0, &device).unwrap();
     assert_eq!(resumed.step, n / 2);
+    assert_eq!(resumed.config, straight.config, "the schedule survives the checkpoint");
     run(&mut resumed, n);
 
     // The run crosses from stage 1 (LLM frozen) to stage 2 at step 3, after the resume point.
@@ -191,4 +194,16 @@ fn bad_settings_and_batches_are_errors() {
     b.x[5] = f32::NAN;
     let err = t.step(&b).unwrap_err();
     assert!(err.to_string().contains("NaN"), "{err}");
+}
+
+/// Checkpoints written before the schedule existed (no `decay` in their settings) resume with a
+/// constant rate, and a constant schedule is still written without it.
+#[test]
+fn settings_without_a_decay_are_constant() {
+    let mut json = serde_json::to_value(settings()).unwrap();
+    assert!(json.get("decay").is_none());
+    json.as_object_mut().unwrap().remove("decay");
+    let old: FlowTrainConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.decay, Decay::Constant);
+    assert_eq!(old.schedule().at(1_000_000), old.lr);
 }

@@ -213,3 +213,87 @@ fn init_from_starts_a_run_from_a_trained_model() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+fn log_lrs(run_dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run_dir.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect()
+}
+
+/// `--lr-schedule linear --decay-steps N`: constant after warmup, then a linear cooldown to 0 at
+/// `--steps`; a resume must keep the schedule, and bad schedule arguments are one-line errors.
+#[test]
+fn lr_schedule_cools_down_and_resume_keeps_it() {
+    let dir = tempdir("train-cli-schedule");
+    let data = digits(&dir);
+    let out = dir.join("run");
+    let cool = ["--steps", "6", "--lr-schedule", "linear", "--decay-steps", "4", "--ckpt-every", "3"];
+    run(&mut train(&data, &out, &cool));
+    let expected = [1e-3, 1e-3, 1e-3, 0.75e-3, 0.5e-3, 0.25e-3];
+    let lrs = log_lrs(&out);
+    assert_eq!(lrs.len(), 6);
+    for (got, want) in lrs.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-12, "{lrs:?}");
+    }
+    // A longer run would move the cooldown: refused on resume, naming the decay.
+    let bad_args: [&[&str]; 4] = [
+        &["--steps", "8", "--lr-schedule", "linear", "--decay-steps", "4", "--resume"],
+        &["--steps", "4", "--decay-steps", "2"],
+        &["--steps", "4", "--lr-schedule", "step"],
+        &["--steps", "4", "--lr-schedule", "cosine", "--decay-steps", "9"],
+    ];
+    for (args, needle) in bad_args.iter().zip(["decay", "--decay-steps needs", "--lr-schedule", "--decay-steps must"]) {
+        let target = if args.contains(&"--resume") { out.clone() } else { dir.join("bad") };
+        let o = train(&data, &target, args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert_eq!(log_steps(&out).len(), 6, "a refused resume trains nothing");
+}
+
+fn flow_loss(model: &Path, data: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = model.with_extension("loss.json");
+    run(Command::new(BIN)
+        .args(["eval", "flow-loss", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .args(["--split", "train", "--n", "6", "--draws", "4", "--out"])
+        .arg(&out)
+        .args(extra));
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+/// `eval flow-loss`: fixed draws, so the figure does not depend on how rows are batched; a
+/// trained model scores below its random start; bad arguments are one-line errors.
+#[test]
+fn flow_loss_is_a_fixed_draw_validation_loss() {
+    let dir = tempdir("train-cli-flow-loss");
+    let data = digits(&dir);
+    let (start, trained) = (dir.join("start"), dir.join("trained"));
+    run(&mut train(&data, &start, &["--steps", "0"]));
+    run(&mut train(&data, &trained, &["--steps", "60", "--ema-decay", "0.8"]));
+    let mean = |v: &serde_json::Value| v["stats"]["mean"].as_f64().unwrap();
+    let (a, b) = (flow_loss(&start.join("model"), &data, &["--batch", "3"]), flow_loss(&start.join("model"), &data, &["--batch", "64"]));
+    assert!((mean(&a) - mean(&b)).abs() <= 1e-5 * mean(&a), "{} vs {}", mean(&a), mean(&b));
+    assert_eq!(a["stats"]["draws"], 24);
+    let after = flow_loss(&trained.join("model"), &data, &[]);
+    assert!(mean(&after) < 0.7 * mean(&a), "trained {} vs random {}", mean(&after), mean(&a));
+    let counts: u64 = after["stats"]["by_t"].as_array().unwrap().iter().map(|bin| bin[3].as_u64().unwrap()).sum();
+    assert_eq!(counts, 24);
+
+    let model = trained.join("model");
+    for (args, needle) in [
+        (vec!["--split", "test"], "--split"),
+        (vec!["--n", "100000"], "--n"),
+        (vec!["--draws", "0"], "--draws"),
+    ] {
+        let o = Command::new(BIN).args(["eval", "flow-loss", "--model"]).arg(&model).arg("--data").arg(&data).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let o = Command::new(BIN).args(["eval", "flow-loss", "--model", "/nonexistent/model", "--data"]).arg(&data).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}

@@ -1,7 +1,8 @@
 //! `rfgen-cli eval`: the proxy image–text scorer (a stand-in for CLIP, see rfgen_core::eval).
 //!
 //! - `eval proxy-clip-train`: trains the proxy scorer on every image of a dataset;
-//! - `eval proxy-clip`: caption retrieval of generated images next to the real ones (the ceiling).
+//! - `eval proxy-clip`: caption retrieval of generated images next to the real ones (the ceiling);
+//! - `eval vae` (eval_vae.rs) and `eval flow-loss` (eval_loss.rs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ enum EvalCommand {
     ProxyClip(ProxyEvalArgs),
     /// Reconstruction PSNR of a VAE on one split of a dataset (held-out by default).
     Vae(crate::eval_vae::VaeEvalArgs),
+    /// A generator's velocity loss on fixed (timestep, caption, noise) draws: a validation loss to compare checkpoints.
+    FlowLoss(crate::eval_loss::FlowLossArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -199,6 +202,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             rfgen_backends::run(kind, EvalProxy { args: a, data, scorer, split })?
         }
         EvalCommand::Vae(a) => crate::eval_vae::run(a),
+        EvalCommand::FlowLoss(a) => crate::eval_loss::run(a),
     }
 }
 

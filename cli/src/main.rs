@@ -4,6 +4,7 @@ mod bench;
 mod compare;
 mod encode;
 mod eval;
+mod eval_loss;
 mod eval_vae;
 mod convert;
 mod data;

@@ -18,7 +18,7 @@ use rfgen_core::convert::ModelKind;
 use rfgen_core::gguf;
 use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig, LlmGguf, UNUSED_PREFIXES};
 use rfgen_core::tokenizer::PromptTokenizer;
-use rfgen_core::train::{batch_items, step_rng, FlowBatch, FlowTrainConfig, FlowTrainer, TrainState, STATE_FILES};
+use rfgen_core::train::{batch_items, Decay, step_rng, FlowBatch, FlowTrainConfig, FlowTrainer, TrainState, STATE_FILES};
 
 use crate::output::{grid, write_png};
 use crate::progress::{status, status_done};
@@ -53,6 +53,15 @@ pub struct TrainArgs {
     /// Linear warmup steps.
     #[arg(long, default_value_t = 100)]
     warmup: usize,
+    /// After warmup: constant, or a linear / cosine decay to lr·--min-lr-ratio at --steps
+    /// (linear over the last steps = the cooldown of a warmup-stable-decay run).
+    #[arg(long, default_value = "constant")]
+    lr_schedule: String,
+    /// Steps the decay takes, ending at --steps (default: every step after warmup).
+    #[arg(long)]
+    decay_steps: Option<u64>,
+    #[arg(long, default_value_t = 0.0)]
+    min_lr_ratio: f64,
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
     #[arg(long, default_value_t = 0.1)]
@@ -302,6 +311,14 @@ impl Train {
         config.validate("config")?;
         let tok = tokenizer(&config, llm.as_ref())?;
         let pad_id = config.generation.pad_token_id.or(config.language_config.pad_token_id).context("no pad_token_id")?;
+        let decay_steps = a.decay_steps.unwrap_or(a.steps.saturating_sub(a.warmup as u64));
+        let decay = Decay::over_last(&a.lr_schedule, decay_steps, a.steps, a.min_lr_ratio)
+            .with_context(|| format!("--lr-schedule {:?}: expected constant, linear or cosine", a.lr_schedule))?;
+        match a.decay_steps {
+            Some(_) if decay == Decay::Constant => bail!("--decay-steps needs --lr-schedule linear or cosine"),
+            Some(d) if d == 0 || d > a.steps => bail!("--decay-steps must be between 1 and --steps ({})", a.steps),
+            _ => {}
+        }
         let settings = FlowTrainConfig {
             seed: a.seed,
             batch: a.batch,
@@ -311,8 +328,10 @@ impl Train {
             ema_decay: a.ema_decay,
             grad_clip: (a.grad_clip > 0.0).then_some(a.grad_clip),
             stage1_steps: a.stage1_steps.unwrap_or(u64::MAX),
+            decay,
             ..FlowTrainConfig::default()
         };
+        settings.schedule().validate(a.steps)?;
         std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
         let ckpt_dir = a.out.join("checkpoint");
 
@@ -323,6 +342,9 @@ impl Train {
             let read = |f: &str| std::fs::read(ckpt_dir.join(f)).with_context(|| format!("cannot read {}", ckpt_dir.join(f).display()));
             let state: TrainState = serde_json::from_slice(&read("state.json")?).context("checkpoint state.json")?;
             let saved: FlowTrainConfig = serde_json::from_value(state.settings.clone()).context("checkpoint settings")?;
+            if saved.decay != settings.decay {
+                bail!("--resume: the checkpoint's learning-rate decay is {:?}, these arguments give {:?} (same --steps, --lr-schedule, --decay-steps and --min-lr-ratio as the run's)", saved.decay, settings.decay);
+            }
             if saved != settings {
                 bail!("--resume with different settings than the checkpoint's:\n  saved: {saved:?}\n  now:   {settings:?}");
             }

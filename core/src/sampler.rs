@@ -52,6 +52,16 @@ impl PromptBatch {
         Ok(Self { ids, prefix_visible: visible, batch: b })
     }
 
+    /// The batch of the given rows of `ids` only (0..B conditional, B..2B unconditional), as
+    /// training runs them: one row per example, no doubling.
+    pub fn select(&self, rows: &[usize]) -> Self {
+        Self {
+            ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
+            prefix_visible: rows.iter().map(|&r| self.prefix_visible[r].clone()).collect(),
+            batch: rows.len(),
+        }
+    }
+
     /// Prefix length P = L - 1 (the last column's slot is taken by the time token).
     pub fn prefix_len(&self) -> usize {
         self.ids[0].len() - 1

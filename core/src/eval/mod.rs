@@ -8,9 +8,12 @@
 //! - symmetric InfoNCE with a learnable temperature ([`train`]);
 //! - [`retrieval`]: which items are scored, their fixed candidate captions, top-1 / top-5.
 //!
+//! [`flow_loss`]: the generator's velocity loss on fixed draws, to compare checkpoints.
+//!
 //! A scorer directory holds `config.json` ([`ProxyClipConfig`]) and `model.safetensors`
 //! ([`scorer_weights`]); [`load_scorer_dir`] reads it.
 
+pub mod flow_loss;
 pub mod proxy_clip;
 pub mod retrieval;
 pub mod text;
@@ -18,6 +21,7 @@ pub mod train;
 
 use std::path::Path;
 
+pub use flow_loss::{draw_losses, loss_draws, loss_stats, FlowLossStats, LossDraw};
 pub use proxy_clip::{
     feature_stats, image_input, scorer_weights, standardize, ProxyClip, ProxyClipConfig, ProxyScorer, TextFeatureSpec,
     PROXY_CLIP_KIND,

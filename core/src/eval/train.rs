@@ -11,7 +11,7 @@ use super::proxy_clip::{batch_accuracy, image_input, shift_image, standardize, P
 use crate::checkpoint::{ParamKeys, VarBuilder, Weights};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::train::{batch_items, step_rng, AdamW, AdamWConfig, ParamFilter, WarmupConstant};
+use crate::train::{batch_items, step_rng, AdamW, AdamWConfig, Decay, LrSchedule, ParamFilter};
 
 /// Settings of a proxy-scorer run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +35,11 @@ impl Default for ProxyTrainConfig {
 }
 
 impl ProxyTrainConfig {
+    /// Warmup times a cosine decay to 10% over all the steps.
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule { lr: self.lr, warmup: self.warmup as u64, decay: Decay::Cosine { start: 0, end: self.steps, floor: 0.1 } }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::input(m.to_string()));
         if self.batch < 2 || self.batch > 4096 {
@@ -211,8 +216,7 @@ impl<AB: AutodiffBackend> ProxyClipTrainer<AB> {
         }
         let batch_acc = batch_accuracy(logits.inner());
         let grads = loss.backward();
-        let lr = WarmupConstant { lr: self.config.lr, warmup: self.config.warmup }.at(self.step as usize);
-        let lr = lr * cosine_factor(self.step, self.config.steps);
+        let lr = self.config.schedule().at(self.step);
         let (model, grad_norm) = self.optim.step(model, &grads, &self.keys, &ParamFilter::default(), lr);
         let temperature = 1.0 / model.scale().inner().into_scalar().elem::<f64>();
         self.model = Some(model);
@@ -221,8 +225,3 @@ impl<AB: AutodiffBackend> ProxyClipTrainer<AB> {
     }
 }
 
-/// Cosine decay of the learning rate to 10% over `total` steps.
-fn cosine_factor(step: u64, total: u64) -> f64 {
-    let p = (step as f64 / total.max(1) as f64).min(1.0);
-    0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
-}

@@ -1,12 +1,12 @@
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::optim::set_trainable;
-use super::{export_weights, float_params, logit_normal, AdamW, AdamWConfig, Ema, ParamFilter, TrainState, WarmupConstant};
+use super::{export_weights, float_params, logit_normal, AdamW, AdamWConfig, Ema, Decay, LrSchedule, ParamFilter, TrainState};
 use crate::checkpoint::{ParamKeys, Weights};
 use crate::error::{Error, Result};
 use crate::sampler::{PromptBatch, VelocityModel};
@@ -31,6 +31,13 @@ pub struct FlowTrainConfig {
     pub grad_clip: Option<f64>,
     /// Steps of stage 1 (the LLM frozen); stage 2 trains everything.
     pub stage1_steps: u64,
+    /// Learning-rate decay after warmup (absent in runs saved before it existed: constant).
+    #[serde(default, skip_serializing_if = "is_constant")]
+    pub decay: Decay,
+}
+
+fn is_constant(d: &Decay) -> bool {
+    *d == Decay::Constant
 }
 
 impl Default for FlowTrainConfig {
@@ -49,11 +56,16 @@ impl Default for FlowTrainConfig {
             weight_decay: 0.0,
             grad_clip: Some(1.0),
             stage1_steps: u64::MAX,
+            decay: Decay::Constant,
         }
     }
 }
 
 impl FlowTrainConfig {
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule { lr: self.lr, warmup: self.warmup as u64, decay: self.decay }
+    }
+
     fn adamw(&self) -> AdamWConfig {
         AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: 1e-8, weight_decay: self.weight_decay, grad_clip: self.grad_clip }
     }
@@ -102,6 +114,24 @@ pub fn batch_items(items: &[usize], batch: usize, seed: u64, step: u64) -> Vec<u
         out.push(epoch_cache.as_ref().unwrap().1[i]);
     }
     out
+}
+
+/// `v(z_t, t) − (x − z0)` with `z_t = t·x + (1−t)·z0` (t in [0, 1], one per row of `prompts`,
+/// which holds exactly the rows to run): the residual of the velocity loss.
+pub fn velocity_residual<B: Backend>(
+    model: &FlowGenerator<B>,
+    prompts: &PromptBatch,
+    x: Tensor<B, 4>,
+    z0: Tensor<B, 4>,
+    t: &[f32],
+) -> Tensor<B, 4> {
+    let device = x.device();
+    let tt = Tensor::<B, 4>::from_data(TensorData::new(t.to_vec(), [t.len(), 1, 1, 1]), &device);
+    let zt = x.clone() * tt.clone() + z0.clone() * (tt.neg().add_scalar(1.0));
+    let mut cond = model.prepare(prompts, &device);
+    cond.use_prefix_cache = false;
+    let t1000: Vec<f32> = t.iter().map(|t| t * 1000.0).collect();
+    model.velocity(zt, &t1000, &mut cond) - (x - z0)
 }
 
 /// One training batch: clean latents `x: [B, c, h, w]` and each row's full prompt ids.
@@ -217,28 +247,18 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
 
         let both = PromptBatch::new(&batch.prompts, self.pad_id)?;
         let rows: Vec<usize> = (0..b).map(|i| if drop[i] { b + i } else { i }).collect();
-        let prompts = PromptBatch {
-            ids: rows.iter().map(|&r| both.ids[r].clone()).collect(),
-            prefix_visible: rows.iter().map(|&r| both.prefix_visible[r].clone()).collect(),
-            batch: b,
-        };
+        let prompts = both.select(&rows);
         let dev = &self.device;
         let x = Tensor::<AB, 4>::from_data(TensorData::new(batch.x.clone(), batch.dims), dev);
         let z0 = Tensor::<AB, 4>::from_data(TensorData::new(z0, batch.dims), dev);
-        let tt = Tensor::<AB, 4>::from_data(TensorData::new(t.clone(), [b, 1, 1, 1]), dev);
-        let zt = x.clone() * tt.clone() + z0.clone() * (tt.neg().add_scalar(1.0));
-        let mut cond = model.prepare(&prompts, dev);
-        cond.use_prefix_cache = false;
-        let t1000: Vec<f32> = t.iter().map(|t| t * 1000.0).collect();
-        let v = model.velocity(zt, &t1000, &mut cond);
-        let loss = (v - (x - z0)).powf_scalar(2.0).mean();
+        let loss = velocity_residual(&model, &prompts, x, z0, &t).powf_scalar(2.0).mean();
         let loss_value = loss.clone().into_scalar().elem::<f64>();
         if !loss_value.is_finite() {
             self.model = Some(model);
             return Err(Error::input(format!("the loss is {loss_value} at step {} (lower the learning rate?)", self.step)));
         }
         let grads = loss.backward();
-        let lr = WarmupConstant { lr: cfg.lr, warmup: cfg.warmup }.at(self.step as usize);
+        let lr = cfg.schedule().at(self.step);
         let (model, grad_norm) = self.optim.step(model, &grads, &self.keys, &filter, lr);
         self.ema.update(&model, &self.keys, self.step + 1);
         self.model = Some(model);

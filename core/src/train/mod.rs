@@ -9,9 +9,9 @@ mod schedule;
 mod state;
 
 pub use ema::Ema;
-pub use flow::{batch_items, step_rng, FlowBatch, FlowTrainConfig, FlowTrainer, StepStats};
+pub use flow::{batch_items, step_rng, velocity_residual, FlowBatch, FlowTrainConfig, FlowTrainer, StepStats};
 pub use optim::set_trainable;
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{export_weights, float_params, ParamFilter};
-pub use schedule::{logit_normal, WarmupConstant};
+pub use schedule::{logit_normal, Decay, LrSchedule};
 pub use state::{TrainState, STATE_FILES};

@@ -23,7 +23,7 @@ use super::{AutoencoderKl, VaeConfig};
 use crate::checkpoint::{ParamKeys, VarBuilder, Weights};
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::train::{batch_items, float_params, step_rng, AdamW, AdamWConfig, Ema, ParamFilter, TrainState};
+use crate::train::{batch_items, float_params, step_rng, AdamW, AdamWConfig, Decay, Ema, LrSchedule, ParamFilter, TrainState};
 
 /// `TrainState::kind` of a VAE run.
 pub const VAE_KIND: &str = "vae";
@@ -172,15 +172,10 @@ impl VaeTrainConfig {
         Ok(())
     }
 
-    /// Learning rate of step `step` (0-based).
-    pub fn lr_at(&self, step: u64) -> f64 {
-        if step < self.warmup {
-            return self.lr * (step + 1) as f64 / self.warmup as f64;
-        }
-        let span = self.schedule_steps.saturating_sub(self.warmup).max(1) as f64;
-        let p = ((step - self.warmup) as f64 / span).min(1.0);
-        let floor = self.lr * self.min_lr_ratio;
-        floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+    /// Linear warmup, then cosine decay to `lr · min_lr_ratio` at `schedule_steps`.
+    pub fn schedule(&self) -> LrSchedule {
+        let decay = Decay::Cosine { start: self.warmup, end: self.schedule_steps, floor: self.min_lr_ratio };
+        LrSchedule { lr: self.lr, warmup: self.warmup, decay }
     }
 }
 
@@ -281,7 +276,7 @@ impl<AB: AutodiffBackend> VaeTrainer<AB> {
         let mse_value = mse.into_scalar().elem::<f64>();
         let kl_value = kl.into_scalar().elem::<f64>();
         let grads = loss.backward();
-        let lr = cfg.lr_at(self.step);
+        let lr = cfg.schedule().at(self.step);
         let (model, grad_norm) = self.optim.step(model, &grads, &self.keys, &ParamFilter::default(), lr);
         self.ema.update(&model, &self.keys, self.step + 1);
         self.model = Some(model);
