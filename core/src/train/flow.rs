@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::optim::set_trainable;
-use super::{export_weights, float_params, logit_normal, AdamW, AdamWConfig, Ema, Decay, LrSchedule, ParamFilter, TrainState};
+use super::{export_weights, float_params, logit_normal, AdamW, AdamWConfig, Decay, Ema, LrSchedule, ParamFilter, TrainState};
 use crate::checkpoint::{ParamKeys, Weights};
 use crate::error::{Error, Result};
 use crate::sampler::{PromptBatch, VelocityModel};
