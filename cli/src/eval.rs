@@ -173,13 +173,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         EvalCommand::ProxyClip(mut a) => {
             let kind: BackendKind = a.backend.parse()?;
-            let split = parse_split(&a.prompts)?;
+            let split = parse_split("--prompts", &a.prompts)?;
             if !a.real_only {
-                match &a.model {
-                    None => a.model = Some(crate::sample::default_model_dir()?),
-                    Some(m) if !m.is_dir() => bail!("model directory {} does not exist", m.display()),
-                    _ => {}
-                }
+                a.model = Some(model_dir(a.model.as_deref())?);
                 if let Some(v) = a.vae.as_ref().filter(|v| !v.is_dir()) {
                     bail!("VAE directory {} does not exist", v.display());
                 }
@@ -206,12 +202,27 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
 }
 
-fn parse_split(s: &str) -> Result<Split> {
+/// The split named by `flag`: heldout or train.
+pub(crate) fn parse_split(flag: &str, s: &str) -> Result<Split> {
     match s {
         "heldout" | "held-out" => Ok(Split::Heldout),
         "train" => Ok(Split::Train),
-        other => bail!("--prompts {other:?}: expected heldout or train"),
+        other => bail!("{flag} {other:?}: expected heldout or train"),
     }
+}
+
+/// The generator to evaluate: `--model`, which must exist, else the model `sample` uses.
+pub(crate) fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
+    match model {
+        None => crate::sample::default_model_dir(),
+        Some(m) if !m.is_dir() => bail!("model directory {} does not exist", m.display()),
+        Some(m) => Ok(m.to_path_buf()),
+    }
+}
+
+/// `--vae`, else the model's own `vae/` when it has one.
+pub(crate) fn model_vae_dir(vae: Option<&Path>, model: Option<&Path>) -> Option<PathBuf> {
+    vae.map(Path::to_path_buf).or_else(|| model.map(|m| m.join("vae")).filter(|v| v.is_dir()))
 }
 
 /// The GGUF to read: the flag, else the usual places for `file`.
@@ -431,7 +442,7 @@ impl TrainProxy {
         config.embed_dim = a.embed_dim;
         config.validate("proxy-clip config")?;
         let index: std::collections::HashMap<&str, usize> = captions.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-        let only = a.only_split.as_deref().map(parse_split).transpose()?;
+        let only = a.only_split.as_deref().map(|s| parse_split("--only-split", s)).transpose()?;
         let trained: Vec<usize> = match only {
             Some(split) => data.indices(split),
             None => (0..data.len()).collect(),
@@ -654,8 +665,7 @@ impl EvalProxy {
     }
 
     fn vae_dir(&self) -> Option<PathBuf> {
-        let a = &self.args;
-        a.vae.clone().or_else(|| a.model.as_ref().map(|m| m.join("vae")).filter(|v| v.is_dir()))
+        model_vae_dir(self.args.vae.as_deref(), self.args.model.as_deref())
     }
 
     /// One image per item (its first caption), noise seeded by (--seed, item id).

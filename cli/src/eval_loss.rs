@@ -8,13 +8,14 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use rfgen_backends::{BackendKind, BackendTask};
-use rfgen_core::data::{load_dir, Dataset, Split};
+use rfgen_core::data::{load_dir, Dataset};
 use rfgen_core::eval::{draw_losses, loss_draws, loss_stats, pick_items, FlowLossStats};
 use rfgen_core::pipeline::{ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::sampler::VelocityModel;
 use rfgen_core::vae::train::encode_flow_latents;
 use rfgen_core::vae::AutoencoderKl;
 
+use crate::eval::{model_dir, model_vae_dir, parse_split};
 use crate::output::{check_output, write_atomic};
 use crate::progress::{status, status_done};
 
@@ -106,20 +107,12 @@ pub fn run(a: FlowLossArgs) -> Result<()> {
     if a.batch == 0 || a.draws == 0 {
         bail!("--batch and --draws must be at least 1");
     }
-    let split = match a.split.as_str() {
-        "heldout" | "held-out" => Split::Heldout,
-        "train" => Split::Train,
-        other => bail!("--split {other:?}: expected heldout or train"),
-    };
+    let split = parse_split("--split", &a.split)?;
     if let Some(path) = &a.out {
         check_output("--out", path, None)?;
     }
-    let model = match &a.model {
-        None => crate::sample::default_model_dir()?,
-        Some(m) if !m.is_dir() => bail!("model directory {} does not exist", m.display()),
-        Some(m) => m.clone(),
-    };
-    let vae_dir = a.vae.clone().or_else(|| Some(model.join("vae")).filter(|v| v.is_dir()));
+    let model = model_dir(a.model.as_deref())?;
+    let vae_dir = model_vae_dir(a.vae.as_deref(), Some(&model));
     let vae = vae_dir.as_deref().map(VaeFiles::read_dir).transpose()?;
     let data_dir = match &a.data {
         Some(d) => d.clone(),
