@@ -38,6 +38,19 @@ fn emoji_command_writes_a_loadable_set() {
     assert_eq!((ds.name.as_str(), ds.size, ds.len()), ("emoji", 32, 8));
     assert!(out.join("preview.png").is_file());
     assert_eq!(ds, build_from(&nm, 32).unwrap().dataset);
+    // `train --sample-by base` draws from these groups: a split's items by base, each item once.
+    for split in [Split::Train, Split::Heldout] {
+        let groups = ds.base_groups(split);
+        let mut flat: Vec<usize> = groups.concat();
+        flat.sort();
+        assert_eq!(flat, ds.indices(split));
+        let bases: Vec<&str> = groups.iter().map(|g| ds.items[g[0]].base.as_str()).collect();
+        assert!(groups.iter().zip(&bases).all(|(g, b)| g.iter().all(|&i| ds.items[i].base == *b)), "{groups:?}");
+        assert_eq!(bases.iter().collect::<std::collections::BTreeSet<_>>().len(), groups.len(), "{bases:?}");
+    }
+    let all: usize = [Split::Train, Split::Heldout].map(|s| ds.base_groups(s).len()).iter().sum();
+    assert_eq!(all, 5, "5 bases");
+    assert!(ds.base_groups(Split::Train).iter().chain(&ds.base_groups(Split::Heldout)).any(|g| g.len() == 4), "waving hand + 3 toned entries");
 
     // An existing directory needs --force.
     let o = data_cmd(&["emoji"], &[("--source", &nm), ("--out", &out)]);

@@ -7,7 +7,8 @@ use rfgen_core::checkpoint::{VarBuilder, Weights};
 use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig};
 use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{
-    batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, TrainState,
+    batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, Sampling,
+    TrainState,
 };
 
 type B = Autodiff<NdArray<f32>>;
@@ -176,6 +177,32 @@ fn data_order_is_a_permutation_per_epoch() {
     assert_eq!(batch_items(&items, 3, 5, 4), batch_items(&items, 3, 5, 4));
 }
 
+/// `--sample-by base`: every epoch visits each group once, whatever its size, drawing one of its
+/// members; singleton groups reproduce the image order exactly (so old runs resume unchanged).
+#[test]
+fn grouped_order_visits_each_group_once_per_epoch() {
+    let items: Vec<usize> = (10..17).collect();
+    let singletons: Vec<Vec<usize>> = items.iter().map(|&i| vec![i]).collect();
+    for step in 0..5 {
+        assert_eq!(batch_groups(&singletons, 3, 5, step), batch_items(&items, 3, 5, step));
+    }
+    let groups = vec![vec![0], vec![1, 2, 3, 4, 5, 6], vec![7], vec![8, 9]];
+    let group_of = |i: usize| groups.iter().position(|g| g.contains(&i)).unwrap();
+    let mut members = vec![0usize; 10];
+    for epoch in 0..60u64 {
+        let drawn = batch_groups(&groups, 4, 9, epoch);
+        let mut visited: Vec<usize> = drawn.iter().map(|&i| group_of(i)).collect();
+        visited.sort();
+        assert_eq!(visited, [0, 1, 2, 3], "epoch {epoch}: {drawn:?}");
+        drawn.iter().for_each(|&i| members[i] += 1);
+    }
+    // 60 visits of the six-member group spread over all six; the singletons come 60 times each.
+    assert!(members[1..7].iter().all(|&c| (3..=20).contains(&c)), "{members:?}");
+    assert_eq!((members[0], members[7], members[8] + members[9]), (60, 60, 60));
+    assert_eq!(batch_groups(&groups, 3, 9, 7), batch_groups(&groups, 3, 9, 7));
+    assert_ne!(batch_groups(&groups, 3, 9, 7), batch_groups(&groups, 3, 10, 7));
+}
+
 #[test]
 fn bad_settings_and_batches_are_errors() {
     let device = Default::default();
@@ -196,8 +223,9 @@ fn bad_settings_and_batches_are_errors() {
     assert!(err.to_string().contains("NaN"), "{err}");
 }
 
-/// Checkpoints written before the schedule existed (no `decay` in their settings) resume with a
-/// constant rate, and a constant schedule is still written without it.
+/// Checkpoints written before the schedule and the sampling option existed (no `decay`, no
+/// `sampling` in their settings) resume with a constant rate in image order, and those defaults
+/// are still written without the keys.
 #[test]
 fn settings_without_a_decay_are_constant() {
     let mut json = serde_json::to_value(settings()).unwrap();
@@ -206,4 +234,13 @@ fn settings_without_a_decay_are_constant() {
     let old: FlowTrainConfig = serde_json::from_value(json).unwrap();
     assert_eq!(old.decay, Decay::Constant);
     assert_eq!(old.schedule().at(1_000_000), old.lr);
+    assert_eq!(old.sampling, Sampling::Image);
+    assert!(json_of(&old).get("sampling").is_none());
+    let by_base = FlowTrainConfig { sampling: Sampling::Base, ..settings() };
+    assert_eq!(json_of(&by_base)["sampling"], "base");
+    assert_eq!(serde_json::from_value::<FlowTrainConfig>(json_of(&by_base)).unwrap(), by_base);
+}
+
+fn json_of(c: &FlowTrainConfig) -> serde_json::Value {
+    serde_json::to_value(c).unwrap()
 }

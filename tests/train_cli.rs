@@ -253,6 +253,31 @@ fn lr_schedule_cools_down_and_resume_keeps_it() {
     assert_eq!(log_steps(&out).len(), 6, "a refused resume trains nothing");
 }
 
+/// `--sample-by base` on an emoji set with skin-tone variants: recorded in the checkpoint, kept by
+/// `--resume` (a different choice is refused), and an unknown value is a one-line error.
+#[test]
+fn sample_by_base_is_a_setting_of_the_run() {
+    let dir = tempdir("train-cli-sample-by");
+    let nm = fixtures::write_sources(&dir);
+    let data = dir.join("emoji");
+    run(Command::new(BIN).args(["data", "emoji", "--size", "8", "--source"]).arg(&nm).arg("--out").arg(&data));
+    let out = dir.join("run");
+    run(&mut train(&data, &out, &["--steps", "2", "--sample-by", "base", "--ckpt-every", "1"]));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["settings"]["sampling"], "base", "{state}");
+    run(&mut train(&data, &out, &["--steps", "3", "--sample-by", "base", "--resume"]));
+    assert_eq!(log_steps(&out), [1, 2, 3]);
+    for (args, needle) in [
+        (&["--steps", "4", "--resume"][..], "different settings"),
+        (&["--steps", "4", "--sample-by", "concept"][..], "--sample-by \"concept\": expected image or base"),
+    ] {
+        let o = train(&data, &out, args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
+}
+
 fn flow_loss(model: &Path, data: &Path, extra: &[&str]) -> serde_json::Value {
     let out = model.with_extension("loss.json");
     run(Command::new(BIN)

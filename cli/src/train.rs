@@ -18,7 +18,7 @@ use rfgen_core::convert::ModelKind;
 use rfgen_core::gguf;
 use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig, LlmGguf, UNUSED_PREFIXES};
 use rfgen_core::tokenizer::PromptTokenizer;
-use rfgen_core::train::{batch_items, step_rng, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, TrainState, STATE_FILES};
+use rfgen_core::train::{batch_groups, step_rng, Decay, Sampling, FlowBatch, FlowTrainConfig, FlowTrainer, TrainState, STATE_FILES};
 
 use crate::output::{grid, write_png};
 use crate::progress::{status, status_done};
@@ -64,6 +64,10 @@ pub struct TrainArgs {
     min_lr_ratio: f64,
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
+    /// How a step's examples are drawn: `image` (epochs over the images) or `base` (epochs over
+    /// the base emoji, one of a base's variants per visit: each concept equally often).
+    #[arg(long, default_value = "image")]
+    sample_by: String,
     #[arg(long, default_value_t = 0.1)]
     prompt_dropout: f64,
     /// Steps of stage 1 (LLM frozen); stage 2 (everything trains) follows. Default: only stage 1.
@@ -319,6 +323,11 @@ impl Train {
             Some(d) if d == 0 || d > a.steps => bail!("--decay-steps must be between 1 and --steps ({})", a.steps),
             _ => {}
         }
+        let sampling = Sampling::parse(&a.sample_by).with_context(|| format!("--sample-by {:?}: expected image or base", a.sample_by))?;
+        let groups: Vec<Vec<usize>> = match sampling {
+            Sampling::Image => train_idx.iter().map(|&i| vec![i]).collect(),
+            Sampling::Base => data.base_groups(Split::Train),
+        };
         let settings = FlowTrainConfig {
             seed: a.seed,
             batch: a.batch,
@@ -329,6 +338,7 @@ impl Train {
             grad_clip: (a.grad_clip > 0.0).then_some(a.grad_clip),
             stage1_steps: a.stage1_steps.unwrap_or(u64::MAX),
             decay,
+            sampling,
             ..FlowTrainConfig::default()
         };
         settings.schedule().validate(a.steps)?;
@@ -383,7 +393,7 @@ impl Train {
                 break;
             }
             let step = trainer.step;
-            let idx = batch_items(&train_idx, a.batch, a.seed, step);
+            let idx = batch_groups(&groups, a.batch, a.seed, step);
             let mut rng = step_rng(a.seed, step, 2);
             let prompts = idx
                 .iter()

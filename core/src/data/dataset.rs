@@ -218,6 +218,21 @@ impl Dataset {
         self.items.iter().enumerate().filter(|(_, it)| it.split == split).map(|(i, _)| i).collect()
     }
 
+    /// The items of `split` grouped by base (a base's skin-tone variants together), bases in order
+    /// of their first item, items in order.
+    pub fn base_groups(&self, split: Split) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut slot = std::collections::HashMap::new();
+        for i in self.indices(split) {
+            let g = *slot.entry(self.items[i].base.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
+        }
+        groups
+    }
+
     /// Bytes per image (`size * size * 3`).
     pub fn image_len(&self) -> usize {
         self.size * self.size * 3

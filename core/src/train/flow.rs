@@ -34,6 +34,9 @@ pub struct FlowTrainConfig {
     /// Learning-rate decay after warmup (absent in runs saved before it existed: constant).
     #[serde(default, skip_serializing_if = "is_constant")]
     pub decay: Decay,
+    /// How examples are drawn (absent in runs saved before it existed: by image).
+    #[serde(default, skip_serializing_if = "is_image")]
+    pub sampling: Sampling,
 }
 
 fn is_constant(d: &Decay) -> bool {
@@ -57,6 +60,7 @@ impl Default for FlowTrainConfig {
             grad_clip: Some(1.0),
             stage1_steps: u64::MAX,
             decay: Decay::Constant,
+            sampling: Sampling::Image,
         }
     }
 }
@@ -95,25 +99,70 @@ pub fn step_rng(seed: u64, step: u64, stream: u64) -> ChaCha8Rng {
     rng
 }
 
-/// The `batch` items of step `step`: epoch-wise shuffles of `items`, each epoch its own permutation.
-pub fn batch_items(items: &[usize], batch: usize, seed: u64, step: u64) -> Vec<usize> {
-    let n = items.len() as u64;
+/// How a step's examples are drawn from the training items.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// Epoch-wise shuffles of the images: a base with 26 skin-tone variants is seen 26× as often
+    /// as a base with one image.
+    #[default]
+    Image,
+    /// Epoch-wise shuffles of the bases, one of a base's images drawn per visit: every concept
+    /// equally often, as prompts (and the evaluation) ask for them.
+    Base,
+}
+
+impl Sampling {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "image" => Some(Self::Image),
+            "base" => Some(Self::Base),
+            _ => None,
+        }
+    }
+}
+
+fn is_image(s: &Sampling) -> bool {
+    *s == Sampling::Image
+}
+
+/// `(position in the stream, index into 0..n)` for the `batch` draws of step `step`: epoch-wise
+/// shuffles of `0..n`, each epoch its own permutation.
+fn shuffled_draws(n: usize, batch: usize, seed: u64, step: u64) -> Vec<(u64, usize)> {
     let mut out = Vec::with_capacity(batch);
     let mut epoch_cache: Option<(u64, Vec<usize>)> = None;
     for k in 0..batch as u64 {
         let pos = step * batch as u64 + k;
-        let (epoch, i) = (pos / n, (pos % n) as usize);
+        let (epoch, i) = (pos / n as u64, (pos % n as u64) as usize);
         if epoch_cache.as_ref().map(|c| c.0) != Some(epoch) {
-            let mut perm = items.to_vec();
+            let mut perm: Vec<usize> = (0..n).collect();
             let mut rng = step_rng(seed, epoch, 1);
             for j in (1..perm.len()).rev() {
                 perm.swap(j, rng.random_range(0..=j));
             }
             epoch_cache = Some((epoch, perm));
         }
-        out.push(epoch_cache.as_ref().unwrap().1[i]);
+        out.push((pos, epoch_cache.as_ref().unwrap().1[i]));
     }
     out
+}
+
+/// The `batch` items of step `step`: epoch-wise shuffles of `items`, each epoch its own permutation.
+pub fn batch_items(items: &[usize], batch: usize, seed: u64, step: u64) -> Vec<usize> {
+    shuffled_draws(items.len(), batch, seed, step).into_iter().map(|(_, j)| items[j]).collect()
+}
+
+/// The `batch` items of step `step` drawn by group: epoch-wise shuffles of `groups`, and one
+/// member of the group drawn uniformly at each visit (seeded by the draw's position, so any step
+/// can be recomputed). Groups of one item give exactly `batch_items`' order.
+pub fn batch_groups(groups: &[Vec<usize>], batch: usize, seed: u64, step: u64) -> Vec<usize> {
+    shuffled_draws(groups.len(), batch, seed, step)
+        .into_iter()
+        .map(|(pos, j)| match groups[j].as_slice() {
+            [one] => *one,
+            g => g[step_rng(seed, pos, 3).random_range(0..g.len())],
+        })
+        .collect()
 }
 
 /// `v(z_t, t) − (x − z0)` with `z_t = t·x + (1−t)·z0` (t in [0, 1], one per row of `prompts`,
