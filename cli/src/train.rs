@@ -18,7 +18,7 @@ use rfgen_core::convert::ModelKind;
 use rfgen_core::gguf;
 use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig, LlmGguf, UNUSED_PREFIXES};
 use rfgen_core::tokenizer::PromptTokenizer;
-use rfgen_core::train::{batch_groups, step_rng, Decay, Sampling, FlowBatch, FlowTrainConfig, FlowTrainer, TrainState, STATE_FILES};
+use rfgen_core::train::{batch_groups, step_rng, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, Sampling, TrainState, STATE_FILES};
 
 use crate::output::{grid, write_png};
 use crate::progress::{status, status_done};
