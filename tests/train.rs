@@ -7,7 +7,7 @@ use rfgen_core::checkpoint::{VarBuilder, Weights};
 use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig};
 use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{
-    batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, Sampling,
+    batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, Repeat, Sampling,
     TrainState,
 };
 
@@ -203,6 +203,39 @@ fn grouped_order_visits_each_group_once_per_epoch() {
     assert_ne!(batch_groups(&groups, 3, 9, 7), batch_groups(&groups, 3, 10, 7));
 }
 
+/// `--repeat TEXT=K`: a group whose items have a caption containing TEXT (any case) is listed K
+/// times, the largest K of the rules it matches, so an epoch visits it K times.
+#[test]
+fn repeated_groups_are_visited_k_times_per_epoch() {
+    let captions = |i: usize| -> Vec<String> {
+        match i {
+            0 => vec!["flag of Chile".into(), "CL, flag".into()],
+            3 => vec!["waving hand".into()],
+            5 => vec!["waving hand, dark skin tone".into(), "Flag of Nowhere".into()],
+            _ => vec![format!("thing {i}")],
+        }
+    };
+    let groups = vec![vec![0], vec![1], vec![2], vec![3, 4, 5]];
+    assert_eq!(Repeat::apply(&[], groups.clone(), captions), groups);
+    let rules = [Repeat::parse("flag of=3").unwrap(), Repeat::parse("FLAG=2").unwrap()];
+    let listed = Repeat::apply(&rules, groups.clone(), captions);
+    let count = |g: &Vec<usize>| listed.iter().filter(|h| *h == g).count();
+    assert_eq!(groups.iter().map(count).collect::<Vec<_>>(), [3, 1, 1, 3]);
+    let mut visits = [0usize; 4];
+    let n = listed.len() as u64;
+    for step in 0..2 * n {
+        for i in batch_groups(&listed, 1, 4, step) {
+            visits[groups.iter().position(|g| g.contains(&i)).unwrap()] += 1;
+        }
+    }
+    assert_eq!(visits, [6, 2, 2, 6]);
+
+    assert_eq!(Repeat::parse("a=b=4").unwrap(), Repeat { matching: "a=b".into(), times: 4 });
+    for bad in ["flag of", "=3", "flag of=0", "flag of=x", "flag of=101"] {
+        assert!(Repeat::parse(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
 #[test]
 fn bad_settings_and_batches_are_errors() {
     let device = Default::default();
@@ -239,6 +272,11 @@ fn settings_without_a_decay_are_constant() {
     let by_base = FlowTrainConfig { sampling: Sampling::Base, ..settings() };
     assert_eq!(json_of(&by_base)["sampling"], "base");
     assert_eq!(serde_json::from_value::<FlowTrainConfig>(json_of(&by_base)).unwrap(), by_base);
+    assert!(json_of(&old).get("repeat").is_none());
+    assert!(old.repeat.is_empty());
+    let repeated = FlowTrainConfig { repeat: vec![Repeat::parse("flag of=4").unwrap()], ..settings() };
+    assert_eq!(json_of(&repeated)["repeat"][0]["times"], 4);
+    assert_eq!(serde_json::from_value::<FlowTrainConfig>(json_of(&repeated)).unwrap(), repeated);
 }
 
 fn json_of(c: &FlowTrainConfig) -> serde_json::Value {

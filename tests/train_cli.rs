@@ -278,6 +278,38 @@ fn sample_by_base_is_a_setting_of_the_run() {
     assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
 }
 
+/// `--repeat TEXT=K`: logged as visits per epoch, recorded in the checkpoint, kept by `--resume`
+/// (dropping it is refused), and a malformed rule is a one-line error.
+#[test]
+fn repeat_is_a_setting_of_the_run() {
+    let dir = tempdir("train-cli-repeat");
+    let nm = fixtures::write_sources(&dir);
+    let data = dir.join("emoji");
+    run(Command::new(BIN).args(["data", "emoji", "--size", "8", "--source"]).arg(&nm).arg("--out").arg(&data));
+    let out = dir.join("run");
+    // Every item has an "an emoji of …" caption, so every base is visited twice per epoch.
+    let o = train(&data, &out, &["--steps", "2", "--sample-by", "base", "--repeat", "AN EMOJI OF=2", "--ckpt-every", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let line = err.lines().find(|l| l.starts_with("--repeat: ")).unwrap_or_else(|| panic!("{err}"));
+    let nums: Vec<usize> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert!(nums.len() == 2 && nums[0] == 2 * nums[1] && nums[1] > 0, "{line}");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["settings"]["repeat"], serde_json::json!([{"matching": "AN EMOJI OF", "times": 2}]), "{state}");
+    run(&mut train(&data, &out, &["--steps", "3", "--sample-by", "base", "--repeat", "AN EMOJI OF=2", "--resume"]));
+    assert_eq!(log_steps(&out), [1, 2, 3]);
+    for (args, needle) in [
+        (&["--steps", "4", "--sample-by", "base", "--resume"][..], "different settings"),
+        (&["--steps", "4", "--repeat", "flag of"][..], "expected TEXT=K"),
+        (&["--steps", "4", "--repeat", "flag of=0"][..], "K must be a whole number from 1 to 100"),
+    ] {
+        let o = train(&data, &out, args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
+}
+
 fn flow_loss(model: &Path, data: &Path, extra: &[&str]) -> serde_json::Value {
     let out = model.with_extension("loss.json");
     run(Command::new(BIN)

@@ -18,7 +18,7 @@ use rfgen_core::convert::ModelKind;
 use rfgen_core::gguf;
 use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig, LlmGguf, UNUSED_PREFIXES};
 use rfgen_core::tokenizer::PromptTokenizer;
-use rfgen_core::train::{batch_groups, step_rng, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, Sampling, TrainState, STATE_FILES};
+use rfgen_core::train::{batch_groups, step_rng, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, Repeat, Sampling, TrainState, STATE_FILES};
 
 use crate::output::{grid, write_png};
 use crate::progress::{status, status_done};
@@ -68,6 +68,11 @@ pub struct TrainArgs {
     /// the base emoji, one of a base's variants per visit: each concept equally often).
     #[arg(long, default_value = "image")]
     sample_by: String,
+    /// Visit the bases (or images, by --sample-by) that have a caption containing TEXT K times
+    /// per epoch, e.g. --repeat "flag of=4"; repeatable (a group matching several takes the
+    /// largest K).
+    #[arg(long = "repeat", value_name = "TEXT=K")]
+    repeat: Vec<String>,
     #[arg(long, default_value_t = 0.1)]
     prompt_dropout: f64,
     /// Steps of stage 1 (LLM frozen); stage 2 (everything trains) follows. Default: only stage 1.
@@ -328,6 +333,12 @@ impl Train {
             Sampling::Image => train_idx.iter().map(|&i| vec![i]).collect(),
             Sampling::Base => data.base_groups(Split::Train),
         };
+        let repeat = a.repeat.iter().map(|r| Repeat::parse(r).context("--repeat")).collect::<Result<Vec<_>>>()?;
+        let distinct = groups.len();
+        let groups = Repeat::apply(&repeat, groups, |i| data.items[i].captions.clone());
+        if !repeat.is_empty() {
+            eprintln!("--repeat: {} visits per epoch, {} of them repeats", groups.len(), groups.len() - distinct);
+        }
         let settings = FlowTrainConfig {
             seed: a.seed,
             batch: a.batch,
@@ -339,6 +350,7 @@ impl Train {
             stage1_steps: a.stage1_steps.unwrap_or(u64::MAX),
             decay,
             sampling,
+            repeat,
             ..FlowTrainConfig::default()
         };
         settings.schedule().validate(a.steps)?;

@@ -37,6 +37,9 @@ pub struct FlowTrainConfig {
     /// How examples are drawn (absent in runs saved before it existed: by image).
     #[serde(default, skip_serializing_if = "is_image")]
     pub sampling: Sampling,
+    /// Items to visit more than once per epoch (absent in runs saved before it existed: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeat: Vec<Repeat>,
 }
 
 fn is_constant(d: &Decay) -> bool {
@@ -61,6 +64,7 @@ impl Default for FlowTrainConfig {
             stage1_steps: u64::MAX,
             decay: Decay::Constant,
             sampling: Sampling::Image,
+            repeat: Vec::new(),
         }
     }
 }
@@ -124,6 +128,51 @@ impl Sampling {
 
 fn is_image(s: &Sampling) -> bool {
     *s == Sampling::Image
+}
+
+/// Visit a group (a base, or an image) `times` times per epoch when one of its items has a
+/// caption containing `matching` (case-insensitive): oversampling a kind the model learns worst
+/// without dropping the rest of the data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repeat {
+    pub matching: String,
+    pub times: u32,
+}
+
+impl Repeat {
+    /// `TEXT=K`, e.g. `flag of=4` (split at the last `=`; K from 1 to 100).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |m: String| Err(Error::input(m));
+        let Some((text, k)) = s.rsplit_once('=') else {
+            return bad(format!("{s:?}: expected TEXT=K, e.g. \"flag of=4\""));
+        };
+        if text.trim().is_empty() {
+            return bad(format!("{s:?}: the text to match is empty"));
+        }
+        match k.trim().parse::<u32>() {
+            Ok(times) if (1..=100).contains(&times) => Ok(Self { matching: text.to_string(), times }),
+            _ => bad(format!("{s:?}: K must be a whole number from 1 to 100")),
+        }
+    }
+
+    /// `groups` with each group listed as often as the largest `times` of the rules its items'
+    /// captions match (once when none does), each copy right after the group.
+    pub fn apply(rules: &[Repeat], groups: Vec<Vec<usize>>, captions: impl Fn(usize) -> Vec<String>) -> Vec<Vec<usize>> {
+        if rules.is_empty() {
+            return groups;
+        }
+        let needles: Vec<(String, u32)> = rules.iter().map(|r| (r.matching.to_lowercase(), r.times)).collect();
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            let caps: Vec<String> = g.iter().flat_map(|&i| captions(i)).map(|c| c.to_lowercase()).collect();
+            let times = needles.iter().filter(|(n, _)| caps.iter().any(|c| c.contains(n.as_str()))).map(|&(_, k)| k).max().unwrap_or(1);
+            for _ in 1..times {
+                out.push(g.clone());
+            }
+            out.push(g);
+        }
+        out
+    }
 }
 
 /// `(position in the stream, index into 0..n)` for the `batch` draws of step `step`: epoch-wise
