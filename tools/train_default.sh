@@ -3,7 +3,8 @@
 # data → VAE → latents → generator (SmolLM2-135M's first layer, frozen; "both" arm) → assembly.
 # The shipped weights: BACKEND=cuda ./tools/train_default.sh on one H100 (the CLI is then built
 # with the ndarray and cuda backends): 10900 steps of batch 128, then 4395 steps of batch 512
-# started from that model (--init-from; fresh AdamW and EMA). CPU only: ./tools/train_default.sh (about 84 minutes on 2
+# started from that model (--init-from; fresh AdamW and EMA), then one flag round (250 steps of
+# batch 128 by base with the flags visited 5x, run on the CPU for the shipped model). CPU only: ./tools/train_default.sh (about 84 minutes on 2
 # cores; a weaker generator: 4200 steps of batch 16 instead of 10900 of batch 128).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +21,11 @@ VAE_STEPS=${VAE_STEPS:-1200}
 if [ "$BACKEND" = cuda ]; then
     GEN_STEPS=${GEN_STEPS:-10900} GEN_BATCH=${GEN_BATCH:-128} GEN_WARMUP=${GEN_WARMUP:-200} GEN_EMA=${GEN_EMA:-0.999}
     CONT_STEPS=${CONT_STEPS:-4395} CONT_BATCH=${CONT_BATCH:-512}
+    FLAG_ROUNDS=${FLAG_ROUNDS-250:5:7}
 else
     GEN_STEPS=${GEN_STEPS:-4200} GEN_BATCH=${GEN_BATCH:-16} GEN_WARMUP=${GEN_WARMUP:-100} GEN_EMA=${GEN_EMA:-0.998}
     CONT_STEPS=${CONT_STEPS:-0} CONT_BATCH=${CONT_BATCH:-64}
+    FLAG_ROUNDS=${FLAG_ROUNDS-}
 fi
 CLI=${CLI:-target/release/rfgen-cli}
 GGUF=${RFGEN_SMOLLM2_GGUF:-$HOME/.cache/rfgen/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -52,11 +55,25 @@ if [ "$CONT_STEPS" -gt 0 ]; then
         --sample-every 0 --log-every 50 --save-dtype f16 --backend "$BACKEND"
     FINAL=default-cont
 fi
+# Flag rounds ("STEPS:K:SEED ..."): continuations of batch 128 by base that visit the flags K times
+# per epoch, each ending in a linear cooldown (docs/eval/flag-repeat/).
+ROUND=0
+for r in $FLAG_ROUNDS; do
+    IFS=: read -r steps k seed <<< "$r"
+    ROUND=$((ROUND + 1))
+    $CLI train --config models/emoji-both.json --llm-gguf "$GGUF" --llm-layers 1 \
+        --data "$RUNS/emoji" --out "$RUNS/default-flags$ROUND" --init-from "$RUNS/$FINAL/model" \
+        --steps "$steps" --batch 128 --lr 4e-4 --warmup 10 --lr-schedule linear --ema-decay 0.99 --seed "$seed" \
+        --sample-by base --repeat "flag of=$k" --ckpt-every 50 --sample-every 0 --log-every 1 --save-dtype f16 \
+        --backend "$BACKEND"
+    FINAL=default-flags$ROUND
+done
 rm -rf models/default
 cp -r "$RUNS/$FINAL/model" models/default
 mkdir -p models/default/vae
 cp "$RUNS/vae/config.json" "$RUNS/vae/diffusion_pytorch_model.safetensors" models/default/vae/
 cp "$RUNS/default/train_log.jsonl" models/default/train_log.jsonl
 if [ "$CONT_STEPS" -gt 0 ]; then cp "$RUNS/default-cont/train_log.jsonl" models/default/train_log.b512.jsonl; fi
+for i in $(seq 1 "$ROUND"); do cp "$RUNS/default-flags$i/train_log.jsonl" "models/default/train_log.flags$i.jsonl"; done
 cp "$RUNS/vae/train_log.jsonl" models/default/vae/train_log.jsonl
 $CLI eval vae --vae models/default/vae --data "$RUNS/emoji" --min-psnr 28
