@@ -207,14 +207,15 @@ fn grouped_order_visits_each_group_once_per_epoch() {
 /// times, the largest K of the rules it matches, so an epoch visits it K times.
 #[test]
 fn repeated_groups_are_visited_k_times_per_epoch() {
-    let captions = |i: usize| -> Vec<String> {
-        match i {
+    let table: Vec<Vec<String>> = (0..6)
+        .map(|i| match i {
             0 => vec!["flag of Chile".into(), "CL, flag".into()],
             3 => vec!["waving hand".into()],
             5 => vec!["waving hand, dark skin tone".into(), "Flag of Nowhere".into()],
             _ => vec![format!("thing {i}")],
-        }
-    };
+        })
+        .collect();
+    let captions = |i: usize| table[i].as_slice();
     let groups = vec![vec![0], vec![1], vec![2], vec![3, 4, 5]];
     assert_eq!(Repeat::apply(&[], groups.clone(), captions), groups);
     let rules = [Repeat::parse("flag of=3").unwrap(), Repeat::parse("FLAG=2").unwrap()];

@@ -28,8 +28,28 @@ fn digits(dir: &Path) -> PathBuf {
     out
 }
 
+/// The fixture emoji set (a base with skin-tone variants among its five) at 8 px.
+fn emoji_set(dir: &Path) -> PathBuf {
+    let nm = fixtures::write_sources(dir);
+    let out = dir.join("emoji");
+    run(Command::new(BIN).args(["data", "emoji", "--size", "8", "--source"]).arg(&nm).arg("--out").arg(&out));
+    out
+}
+
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Command {
     train_preset("both-tiny", data, out, extra)
+}
+
+/// `train` with `args` fails with a one-line error containing `needle` (no panic).
+fn assert_refused(data: &Path, out: &Path, args: &[&str], needle: &str) {
+    let o = train(data, out, args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+}
+
+fn checkpoint_settings(run_dir: &Path) -> serde_json::Value {
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(run_dir.join("checkpoint/state.json")).unwrap()).unwrap();
+    state["settings"].clone()
 }
 
 fn train_preset(preset: &str, data: &Path, out: &Path, extra: &[&str]) -> Command {
@@ -246,9 +266,7 @@ fn lr_schedule_cools_down_and_resume_keeps_it() {
     ];
     for (args, needle) in bad_args.iter().zip(["decay", "--decay-steps needs", "--lr-schedule", "--decay-steps must"]) {
         let target = if args.contains(&"--resume") { out.clone() } else { dir.join("bad") };
-        let o = train(&data, &target, args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+        assert_refused(&data, &target, args, needle);
     }
     assert_eq!(log_steps(&out).len(), 6, "a refused resume trains nothing");
 }
@@ -258,22 +276,18 @@ fn lr_schedule_cools_down_and_resume_keeps_it() {
 #[test]
 fn sample_by_base_is_a_setting_of_the_run() {
     let dir = tempdir("train-cli-sample-by");
-    let nm = fixtures::write_sources(&dir);
-    let data = dir.join("emoji");
-    run(Command::new(BIN).args(["data", "emoji", "--size", "8", "--source"]).arg(&nm).arg("--out").arg(&data));
+    let data = emoji_set(&dir);
     let out = dir.join("run");
     run(&mut train(&data, &out, &["--steps", "2", "--sample-by", "base", "--ckpt-every", "1"]));
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
-    assert_eq!(state["settings"]["sampling"], "base", "{state}");
+    let settings = checkpoint_settings(&out);
+    assert_eq!(settings["sampling"], "base", "{settings}");
     run(&mut train(&data, &out, &["--steps", "3", "--sample-by", "base", "--resume"]));
     assert_eq!(log_steps(&out), [1, 2, 3]);
     for (args, needle) in [
         (&["--steps", "4", "--resume"][..], "different settings"),
         (&["--steps", "4", "--sample-by", "concept"][..], "--sample-by \"concept\": expected image or base"),
     ] {
-        let o = train(&data, &out, args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+        assert_refused(&data, &out, args, needle);
     }
     assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
 }
@@ -283,9 +297,7 @@ fn sample_by_base_is_a_setting_of_the_run() {
 #[test]
 fn repeat_is_a_setting_of_the_run() {
     let dir = tempdir("train-cli-repeat");
-    let nm = fixtures::write_sources(&dir);
-    let data = dir.join("emoji");
-    run(Command::new(BIN).args(["data", "emoji", "--size", "8", "--source"]).arg(&nm).arg("--out").arg(&data));
+    let data = emoji_set(&dir);
     let out = dir.join("run");
     // Every item has an "an emoji of …" caption, so every base is visited twice per epoch.
     let o = train(&data, &out, &["--steps", "2", "--sample-by", "base", "--repeat", "AN EMOJI OF=2", "--ckpt-every", "1"]).output().unwrap();
@@ -294,8 +306,8 @@ fn repeat_is_a_setting_of_the_run() {
     let line = err.lines().find(|l| l.starts_with("--repeat: ")).unwrap_or_else(|| panic!("{err}"));
     let nums: Vec<usize> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
     assert!(nums.len() == 2 && nums[0] == 2 * nums[1] && nums[1] > 0, "{line}");
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("checkpoint/state.json")).unwrap()).unwrap();
-    assert_eq!(state["settings"]["repeat"], serde_json::json!([{"matching": "AN EMOJI OF", "times": 2}]), "{state}");
+    let settings = checkpoint_settings(&out);
+    assert_eq!(settings["repeat"], serde_json::json!([{"matching": "AN EMOJI OF", "times": 2}]), "{settings}");
     run(&mut train(&data, &out, &["--steps", "3", "--sample-by", "base", "--repeat", "AN EMOJI OF=2", "--resume"]));
     assert_eq!(log_steps(&out), [1, 2, 3]);
     for (args, needle) in [
@@ -303,9 +315,7 @@ fn repeat_is_a_setting_of_the_run() {
         (&["--steps", "4", "--repeat", "flag of"][..], "expected TEXT=K"),
         (&["--steps", "4", "--repeat", "flag of=0"][..], "K must be a whole number from 1 to 100"),
     ] {
-        let o = train(&data, &out, args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+        assert_refused(&data, &out, args, needle);
     }
     assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
 }

@@ -335,7 +335,7 @@ impl Train {
         };
         let repeat = a.repeat.iter().map(|r| Repeat::parse(r).context("--repeat")).collect::<Result<Vec<_>>>()?;
         let distinct = groups.len();
-        let groups = Repeat::apply(&repeat, groups, |i| data.items[i].captions.clone());
+        let groups = Repeat::apply(&repeat, groups, |i| data.items[i].captions.as_slice());
         if !repeat.is_empty() {
             eprintln!("--repeat: {} visits per epoch, {} of them repeats", groups.len(), groups.len() - distinct);
         }

@@ -157,7 +157,7 @@ impl Repeat {
 
     /// `groups` with each group listed as often as the largest `times` of the rules its items'
     /// captions match (once when none does), each copy right after the group.
-    pub fn apply(rules: &[Repeat], groups: Vec<Vec<usize>>, captions: impl Fn(usize) -> Vec<String>) -> Vec<Vec<usize>> {
+    pub fn apply<'a>(rules: &[Repeat], groups: Vec<Vec<usize>>, captions: impl Fn(usize) -> &'a [String]) -> Vec<Vec<usize>> {
         if rules.is_empty() {
             return groups;
         }
