@@ -292,6 +292,29 @@ fn sample_by_base_is_a_setting_of_the_run() {
     assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
 }
 
+/// `--t-mean` / `--t-std` (the logit-normal timestep density): recorded in the checkpoint, kept by
+/// `--resume` (a different value is refused), and out-of-range values are one-line errors.
+#[test]
+fn timestep_density_is_a_setting_of_the_run() {
+    let dir = tempdir("train-cli-t-density");
+    let data = digits(&dir);
+    let out = dir.join("run");
+    run(&mut train(&data, &out, &["--steps", "2", "--t-mean", "-1", "--t-std", "0.8", "--ckpt-every", "1"]));
+    let settings = checkpoint_settings(&out);
+    assert_eq!((settings["t_mean"].as_f64(), settings["t_std"].as_f64()), (Some(-1.0), Some(0.8)), "{settings}");
+    run(&mut train(&data, &out, &["--steps", "3", "--t-mean", "-1", "--t-std", "0.8", "--resume"]));
+    assert_eq!(log_steps(&out), [1, 2, 3]);
+    for (args, needle) in [
+        (&["--steps", "4", "--t-std", "0.8", "--resume"][..], "different settings"),
+        (&["--steps", "4", "--t-mean", "9"][..], "timestep mean"),
+        (&["--steps", "4", "--t-std", "0"][..], "timestep std"),
+        (&["--steps", "4", "--t-mean", "NaN"][..], "timestep mean"),
+    ] {
+        assert_refused(&data, &out, args, needle);
+    }
+    assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
+}
+
 /// `--repeat TEXT=K`: logged as visits per epoch, recorded in the checkpoint, kept by `--resume`
 /// (dropping it is refused), and a malformed rule is a one-line error.
 #[test]

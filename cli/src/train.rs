@@ -75,6 +75,13 @@ pub struct TrainArgs {
     repeat: Vec<String>,
     #[arg(long, default_value_t = 0.1)]
     prompt_dropout: f64,
+    /// Timesteps are drawn as t = sigmoid(N(--t-mean, --t-std)) (logit-normal; t = 0 is pure
+    /// noise): a negative mean trains the noisy steps, where layout and colour are decided,
+    /// more often (SD3's `logit_mean`).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    t_mean: f64,
+    #[arg(long, default_value_t = 1.0)]
+    t_std: f64,
     /// Steps of stage 1 (LLM frozen); stage 2 (everything trains) follows. Default: only stage 1.
     #[arg(long)]
     stage1_steps: Option<u64>,
@@ -345,6 +352,8 @@ impl Train {
             lr: a.lr,
             warmup: a.warmup,
             prompt_dropout: a.prompt_dropout,
+            t_mean: a.t_mean,
+            t_std: a.t_std,
             ema_decay: a.ema_decay,
             grad_clip: (a.grad_clip > 0.0).then_some(a.grad_clip),
             stage1_steps: a.stage1_steps.unwrap_or(u64::MAX),

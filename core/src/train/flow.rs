@@ -89,6 +89,12 @@ impl FlowTrainConfig {
         if !(0.0..1.0).contains(&self.prompt_dropout) {
             return bad("prompt dropout must be in [0, 1)");
         }
+        if !(self.t_mean.is_finite() && self.t_mean.abs() <= 5.0) {
+            return bad("timestep mean (logit-normal location) must be in [-5, 5]");
+        }
+        if !(self.t_std.is_finite() && self.t_std > 0.0 && self.t_std <= 5.0) {
+            return bad("timestep std (logit-normal scale) must be in (0, 5]");
+        }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return bad("EMA decay must be in [0, 1)");
         }

@@ -121,4 +121,19 @@ mod tests {
         assert!((w.at(1) - 0.5 * 0.5 * (1.0 + (std::f64::consts::PI / 8.0).cos())).abs() < 1e-15);
         assert!(Decay::over_last("step", 1, 2, 0.0).is_none());
     }
+
+    #[test]
+    fn logit_normal_quantiles_follow_its_location_and_scale() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for (mean, std) in [(0.0, 1.0), (-1.0, 1.0), (0.5, 0.6)] {
+            let t: Vec<f64> = (0..20_000).map(|_| logit_normal(&mut rng, mean, std) as f64).collect();
+            let below = |x: f64| t.iter().filter(|&&v| v < x).count() as f64 / t.len() as f64;
+            // Standard normal CDF at 0 and -1: 0.5 and 0.1587.
+            assert!((below(sigmoid(mean)) - 0.5).abs() < 0.015, "median of ({mean}, {std})");
+            assert!((below(sigmoid(mean - std)) - 0.1587).abs() < 0.012, "lower sigma of ({mean}, {std})");
+            assert!(t.iter().all(|&v| v > 0.0 && v < 1.0));
+        }
+    }
 }
