@@ -3,9 +3,9 @@
 # data → VAE → latents → generator (SmolLM2-135M's first layer, frozen; "both" arm) → assembly.
 # The shipped weights: BACKEND=cuda ./tools/train_default.sh on one H100 (the CLI is then built
 # with the ndarray and cuda backends): 10900 steps of batch 128, then 4395 steps of batch 512
-# started from that model (--init-from; fresh AdamW and EMA), then two flag rounds (250 steps of
-# batch 128 each, by base with the flags visited 5x; the second draws its timesteps from
-# logit-normal(-1, 1); both ran on the CPU for the shipped model). CPU only: ./tools/train_default.sh (about 84 minutes on 2
+# started from that model (--init-from; fresh AdamW and EMA), then three flag rounds of batch 128
+# by base (250 steps with the flags visited 5x; 250 more drawing the timesteps from
+# logit-normal(-1, 1); 150 more with the flags 3x, also at -1; all ran on the CPU for the shipped model). CPU only: ./tools/train_default.sh (about 84 minutes on 2
 # cores; a weaker generator: 4200 steps of batch 16 instead of 10900 of batch 128).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ VAE_STEPS=${VAE_STEPS:-1200}
 if [ "$BACKEND" = cuda ]; then
     GEN_STEPS=${GEN_STEPS:-10900} GEN_BATCH=${GEN_BATCH:-128} GEN_WARMUP=${GEN_WARMUP:-200} GEN_EMA=${GEN_EMA:-0.999}
     CONT_STEPS=${CONT_STEPS:-4395} CONT_BATCH=${CONT_BATCH:-512}
-    FLAG_ROUNDS=${FLAG_ROUNDS-250:5:7 250:5:9:-1}
+    FLAG_ROUNDS=${FLAG_ROUNDS-250:5:7 250:5:9:-1 150:3:11:-1}
 else
     GEN_STEPS=${GEN_STEPS:-4200} GEN_BATCH=${GEN_BATCH:-16} GEN_WARMUP=${GEN_WARMUP:-100} GEN_EMA=${GEN_EMA:-0.998}
     CONT_STEPS=${CONT_STEPS:-0} CONT_BATCH=${CONT_BATCH:-64}
