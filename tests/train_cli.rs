@@ -47,6 +47,15 @@ fn assert_refused(data: &Path, out: &Path, args: &[&str], needle: &str) {
     assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
 }
 
+/// Each `(args, needle)` is refused (`assert_refused`) and the run in `out` gains no step.
+fn assert_all_refused(data: &Path, out: &Path, cases: &[(&[&str], &str)]) {
+    let before = log_steps(out).len();
+    for (args, needle) in cases {
+        assert_refused(data, out, args, needle);
+    }
+    assert_eq!(log_steps(out).len(), before, "a refused run trains nothing");
+}
+
 fn checkpoint_settings(run_dir: &Path) -> serde_json::Value {
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(run_dir.join("checkpoint/state.json")).unwrap()).unwrap();
     state["settings"].clone()
@@ -283,13 +292,14 @@ fn sample_by_base_is_a_setting_of_the_run() {
     assert_eq!(settings["sampling"], "base", "{settings}");
     run(&mut train(&data, &out, &["--steps", "3", "--sample-by", "base", "--resume"]));
     assert_eq!(log_steps(&out), [1, 2, 3]);
-    for (args, needle) in [
-        (&["--steps", "4", "--resume"][..], "different settings"),
-        (&["--steps", "4", "--sample-by", "concept"][..], "--sample-by \"concept\": expected image or base"),
-    ] {
-        assert_refused(&data, &out, args, needle);
-    }
-    assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
+    assert_all_refused(
+        &data,
+        &out,
+        &[
+            (&["--steps", "4", "--resume"][..], "different settings"),
+            (&["--steps", "4", "--sample-by", "concept"][..], "--sample-by \"concept\": expected image or base"),
+        ],
+    );
 }
 
 /// `--t-mean` / `--t-std` (the logit-normal timestep density): recorded in the checkpoint, kept by
@@ -304,15 +314,16 @@ fn timestep_density_is_a_setting_of_the_run() {
     assert_eq!((settings["t_mean"].as_f64(), settings["t_std"].as_f64()), (Some(-1.0), Some(0.8)), "{settings}");
     run(&mut train(&data, &out, &["--steps", "3", "--t-mean", "-1", "--t-std", "0.8", "--resume"]));
     assert_eq!(log_steps(&out), [1, 2, 3]);
-    for (args, needle) in [
-        (&["--steps", "4", "--t-std", "0.8", "--resume"][..], "different settings"),
-        (&["--steps", "4", "--t-mean", "9"][..], "timestep mean"),
-        (&["--steps", "4", "--t-std", "0"][..], "timestep std"),
-        (&["--steps", "4", "--t-mean", "NaN"][..], "timestep mean"),
-    ] {
-        assert_refused(&data, &out, args, needle);
-    }
-    assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
+    assert_all_refused(
+        &data,
+        &out,
+        &[
+            (&["--steps", "4", "--t-std", "0.8", "--resume"][..], "different settings"),
+            (&["--steps", "4", "--t-mean", "9"][..], "timestep mean"),
+            (&["--steps", "4", "--t-std", "0"][..], "timestep std"),
+            (&["--steps", "4", "--t-mean", "NaN"][..], "timestep mean"),
+        ],
+    );
 }
 
 /// `--repeat TEXT=K`: logged as visits per epoch, recorded in the checkpoint, kept by `--resume`
@@ -333,14 +344,15 @@ fn repeat_is_a_setting_of_the_run() {
     assert_eq!(settings["repeat"], serde_json::json!([{"matching": "AN EMOJI OF", "times": 2}]), "{settings}");
     run(&mut train(&data, &out, &["--steps", "3", "--sample-by", "base", "--repeat", "AN EMOJI OF=2", "--resume"]));
     assert_eq!(log_steps(&out), [1, 2, 3]);
-    for (args, needle) in [
-        (&["--steps", "4", "--sample-by", "base", "--resume"][..], "different settings"),
-        (&["--steps", "4", "--repeat", "flag of"][..], "expected TEXT=K"),
-        (&["--steps", "4", "--repeat", "flag of=0"][..], "K must be a whole number from 1 to 100"),
-    ] {
-        assert_refused(&data, &out, args, needle);
-    }
-    assert_eq!(log_steps(&out).len(), 3, "a refused run trains nothing");
+    assert_all_refused(
+        &data,
+        &out,
+        &[
+            (&["--steps", "4", "--sample-by", "base", "--resume"][..], "different settings"),
+            (&["--steps", "4", "--repeat", "flag of"][..], "expected TEXT=K"),
+            (&["--steps", "4", "--repeat", "flag of=0"][..], "K must be a whole number from 1 to 100"),
+        ],
+    );
 }
 
 fn flow_loss(model: &Path, data: &Path, extra: &[&str]) -> serde_json::Value {

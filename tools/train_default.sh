@@ -5,8 +5,9 @@
 # with the ndarray and cuda backends): 10900 steps of batch 128, then 4395 steps of batch 512
 # started from that model (--init-from; fresh AdamW and EMA), then three flag rounds of batch 128
 # by base (250 steps with the flags visited 5x; 250 more drawing the timesteps from
-# logit-normal(-1, 1); 150 more with the flags 3x, also at -1; all ran on the CPU for the shipped model). CPU only: ./tools/train_default.sh (about 84 minutes on 2
-# cores; a weaker generator: 4200 steps of batch 16 instead of 10900 of batch 128).
+# logit-normal(-1, 1); 150 more with the flags 3x, also at -1; all ran on the CPU for the shipped
+# model). CPU only: ./tools/train_default.sh (about 84 minutes on 2 cores; a weaker generator: 4200
+# steps of batch 16 instead of 10900 of batch 128).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
@@ -56,11 +57,11 @@ if [ "$CONT_STEPS" -gt 0 ]; then
         --sample-every 0 --log-every 50 --save-dtype f16 --backend "$BACKEND"
     FINAL=default-cont
 fi
-# Flag rounds ("STEPS:K:SEED ..."): continuations of batch 128 by base that visit the flags K times
-# per epoch, each ending in a linear cooldown (docs/eval/flag-repeat/).
+# Flag rounds ("STEPS:K:SEED[:T_MEAN] ..."): continuations of batch 128 by base that visit the flags
+# K times per epoch and draw timesteps from sigmoid(N(T_MEAN, 1)) (T_MEAN default 0), each ending in
+# a linear cooldown (docs/eval/flag-repeat/, docs/eval/t-shift/).
 ROUND=0
 for r in $FLAG_ROUNDS; do
-    # STEPS:K:SEED[:T_MEAN]: K visits per epoch to each flag, timesteps sigmoid(N(T_MEAN, 1)).
     IFS=: read -r steps k seed tmean <<< "$r"
     ROUND=$((ROUND + 1))
     $CLI train --config models/emoji-both.json --llm-gguf "$GGUF" --llm-layers 1 \
