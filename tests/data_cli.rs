@@ -186,6 +186,33 @@ fn real_sources_when_fetched() {
     assert_eq!((r["split"].as_str(), r["n"].as_u64(), r["candidates"].as_u64()), (Some("heldout"), Some(3), Some(10)), "{r}");
     assert!(r["proxy_real_top1"].as_f64().unwrap() > 0.5 && r["proxy_gen_top5"].as_f64().is_some(), "{r}");
     assert!(r["proxy_scorer"].as_str().unwrap().ends_with("models/proxy-clip"), "{r}");
+    // The copy-the-nearest-training-image baseline. With the shipped scorer (which saw every image)
+    // as the chooser, training captions find their own images or their skin-tone siblings.
+    let scorer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/proxy-clip");
+    let json = dir.join("nearest.json");
+    let o = Command::new(BIN)
+        .args(["eval", "proxy-clip", "--prompts", "train", "--n", "6", "--candidates", "20", "--data"])
+        .arg(&built)
+        .arg("--nearest-train")
+        .arg(&scorer)
+        .arg("--out")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not trained on the training split only"), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["baseline"]["kind"], "nearest training image", "{r}");
+    assert!(r.get("generator").is_none(), "{r}");
+    for it in r["items"].as_array().unwrap() {
+        let pick = ds.items.iter().find(|i| i.id == it["nearest_train_id"].as_str().unwrap()).unwrap();
+        assert_eq!(pick.split, Split::Train, "{it}");
+    }
+    assert!(r["proxy_gen_top1"].as_f64().unwrap() >= 0.5, "{r}");
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-train"]).arg(dir.join("no-such-scorer")).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("scorer directory"), "{}", stderr(&o));
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--cfg", "4", "--nearest-train"]).arg(&scorer).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
     // A non-empty directory that is not a dataset is refused, not replaced.
     let other = dir.join("not-a-dataset");
     std::fs::create_dir_all(&other).unwrap();

@@ -16,13 +16,13 @@ use rfgen_backends::{BackendKind, BackendTask, TrainTask};
 use rfgen_core::checkpoint::StoredDtype;
 use rfgen_core::data::{load_dir, Dataset, Split};
 use rfgen_core::eval::{
-    candidate_sets, feature_stats, load_scorer_dir, pick_items, retrieval, scorer_weights, ProxyClipConfig, ProxyClipTrainer,
+    best_matches, candidate_sets, feature_stats, load_scorer_dir, pick_items, retrieval, scorer_weights, ProxyClipConfig, ProxyClipTrainer,
     ProxyScorer, ProxyTextEncoder, ProxyTrainConfig, ProxyTrainData, RetrievalStats, TextFeatureSpec, TextFeatures,
     SCORER_CONFIG, SCORER_WEIGHTS, TEXT_CACHE,
 };
 use rfgen_core::pipeline::{find_llm_gguf, ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::janusflow::GenerationConfig;
-use rfgen_core::sampler::{SampleConfig, VelocityModel};
+use rfgen_core::sampler::VelocityModel;
 
 use crate::output::{check_output, grid, write_atomic, write_png};
 use crate::progress::{status, status_done};
@@ -152,6 +152,11 @@ pub struct ProxyEvalArgs {
     /// Only report the real images' retrieval (the ceiling); no generator.
     #[arg(long)]
     real_only: bool,
+    /// No generator: score, for each caption, the training-split image this proxy scorer matches
+    /// best (the copy-the-nearest-training-image baseline). Give a scorer trained with
+    /// `eval proxy-clip-train --only-split train`, which has not seen the held-out images.
+    #[arg(long, value_name = "SCORER_DIR", conflicts_with_all = ["model", "vae", "real_only", "steps", "cfg", "shift", "grid"])]
+    nearest_train: Option<PathBuf>,
     /// Write the results as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -174,7 +179,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         EvalCommand::ProxyClip(mut a) => {
             let kind: BackendKind = a.backend.parse()?;
             let split = parse_split("--prompts", &a.prompts)?;
-            if !a.real_only {
+            if let Some(d) = a.nearest_train.as_ref().filter(|d| !d.is_dir()) {
+                bail!("--nearest-train: scorer directory {} does not exist", d.display());
+            }
+            if !a.real_only && a.nearest_train.is_none() {
                 a.model = Some(model_dir(a.model.as_deref())?);
                 if let Some(v) = a.vae.as_ref().filter(|v| !v.is_dir()) {
                     bail!("VAE directory {} does not exist", v.display());
@@ -614,9 +622,13 @@ impl EvalProxy {
             real.mean_rank
         );
 
-        let gen = if a.real_only { None } else { Some(self.generate::<B>(&data, &scored.items, device)?) };
+        let gen = match &a.nearest_train {
+            _ if a.real_only => None,
+            Some(dir) => Some(nearest_train::<B>(&data, &scored.items, dir, a.llm_gguf.as_deref(), device)?),
+            None => Some(self.generate::<B>(&data, &scored.items, device)?),
+        };
         let mut items = Vec::new();
-        if let Some((images, side, secs, used)) = &gen {
+        if let Some(Drawn { images, side, secs, generator, picks }) = &gen {
             let stats = scored.rank(&scorer.embed_images(images, *side), dim)?;
             let ratio = |g: f64, r: f64| if r > 0.0 { serde_json::json!(g / r) } else { serde_json::Value::Null };
             let obj = report.as_object_mut().expect("object");
@@ -625,15 +637,11 @@ impl EvalProxy {
             obj.insert("proxy_gen_mean_rank".into(), stats.mean_rank.into());
             obj.insert("proxy_ratio_top1".into(), ratio(stats.top1, real.top1));
             obj.insert("proxy_ratio_top5".into(), ratio(stats.top5, real.top5));
-            obj.insert(
-                "generator".into(),
-                serde_json::json!({"model": a.model.as_ref().map(|m| m.display().to_string()),
-                    "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": used.steps, "cfg": used.cfg, "shift": used.shift,
-                    "seed": a.seed, "image_size": side, "seconds": secs}),
-            );
+            obj.insert(if picks.is_some() { "baseline" } else { "generator" }.into(), generator.clone());
             println!(
-                "proxy-clip {}: generated top-1 {:.3} top-5 {:.3} mean rank {:.2}; generated/ceiling top-1 {} top-5 {} ({:.0}s generating)",
+                "proxy-clip {}: {} top-1 {:.3} top-5 {:.3} mean rank {:.2}; /ceiling top-1 {} top-5 {} ({:.0}s drawing)",
                 split.as_str(),
+                if picks.is_some() { "nearest training images" } else { "generated" },
                 stats.top1,
                 stats.top5,
                 stats.mean_rank,
@@ -642,8 +650,13 @@ impl EvalProxy {
                 secs
             );
             for (k, &i) in scored.items.iter().enumerate() {
-                items.push(serde_json::json!({"id": data.items[i].id, "caption": data.items[i].captions[0],
-                    "proxy_real_rank": real.ranks[k], "proxy_gen_rank": stats.ranks[k]}));
+                let mut row = serde_json::json!({"id": data.items[i].id, "caption": data.items[i].captions[0],
+                    "proxy_real_rank": real.ranks[k], "proxy_gen_rank": stats.ranks[k]});
+                if let Some(p) = picks {
+                    row["nearest_train_id"] = data.items[p[k]].id.clone().into();
+                    row["nearest_train_caption"] = data.items[p[k]].captions[0].clone().into();
+                }
+                items.push(row);
             }
             if let Some(path) = &a.grid {
                 let cols = (images.len() as f64).sqrt().ceil() as usize;
@@ -674,7 +687,7 @@ impl EvalProxy {
         data: &Dataset,
         items: &[usize],
         device: &B::Device,
-    ) -> Result<(Vec<Vec<u8>>, usize, f64, SampleConfig)> {
+    ) -> Result<Drawn> {
         let a = &self.args;
         let model = a.model.as_ref().expect("checked in run");
         let vae = self.vae_dir().as_deref().map(VaeFiles::read_dir).transpose()?;
@@ -706,8 +719,55 @@ impl EvalProxy {
             status(format_args!("generated {}/{} images ({:.1}s)   ", images.len(), items.len(), start.elapsed().as_secs_f64()));
         }
         status_done();
-        Ok((images, side, start.elapsed().as_secs_f64(), config))
+        let secs = start.elapsed().as_secs_f64();
+        let generator = serde_json::json!({"model": model.display().to_string(),
+            "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": config.steps, "cfg": config.cfg, "shift": config.shift,
+            "seed": a.seed, "image_size": side, "seconds": secs});
+        Ok(Drawn { images, side, secs, generator, picks: None })
     }
+}
+
+/// The images scored in place of real ones, and what drew them.
+struct Drawn {
+    images: Vec<Vec<u8>>,
+    side: usize,
+    secs: f64,
+    /// The generator's (or the baseline's) settings, for the report.
+    generator: serde_json::Value,
+    /// For the nearest-training-image baseline: the dataset item copied for each scored item.
+    picks: Option<Vec<usize>>,
+}
+
+/// The copy-the-nearest-training-image baseline: for each item's first caption, the training-split
+/// image that the scorer in `dir` ranks highest.
+fn nearest_train<B: Backend>(data: &Dataset, items: &[usize], dir: &Path, llm_gguf: Option<&Path>, device: &B::Device) -> Result<Drawn> {
+    let start = Instant::now();
+    let (config, weights) = load_scorer_dir(dir)?;
+    let trained_on = config.training.as_ref().and_then(|t| t.get("splits")).cloned().unwrap_or_default();
+    if !trained_on.as_str().is_some_and(|s| s.starts_with("train only")) {
+        eprintln!("warning: --nearest-train {} was not trained on the training split only ({trained_on}); its choices may have seen the held-out images", dir.display());
+    }
+    let scorer = ProxyScorer::<B>::load(&weights, &config, device)?;
+    let captions: Vec<String> = items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
+    let mut cache = read_cache(dir, &config.text);
+    if !cache.missing(&captions).is_empty() {
+        let path = gguf_path(llm_gguf, &config.text.gguf_file)?;
+        let enc = text_encoder::<B>(&path, config.text.layers, Some(&config.text), device)?;
+        fill_cache(&mut cache, &captions, &enc, None)?;
+    }
+    let text_emb = scorer.embed_text_features(&cache.rows(&captions)?);
+    let pool: Vec<usize> = (0..data.items.len()).filter(|&j| data.items[j].split == Split::Train).collect();
+    if pool.is_empty() {
+        bail!("--nearest-train: {} has no training-split images to copy", data.name);
+    }
+    let pool_imgs: Vec<Vec<u8>> = pool.iter().map(|&j| data.image(j).to_vec()).collect();
+    let best = best_matches(&text_emb, &scorer.embed_images(&pool_imgs, data.size), config.embed_dim)?;
+    let picks: Vec<usize> = best.into_iter().map(|b| pool[b]).collect();
+    let images = picks.iter().map(|&j| data.image(j).to_vec()).collect();
+    let secs = start.elapsed().as_secs_f64();
+    let generator = serde_json::json!({"kind": "nearest training image", "chooser": dir.display().to_string(),
+        "chooser_trained_on": trained_on, "pool": pool.len(), "image_size": data.size, "seconds": secs});
+    Ok(Drawn { images, side: data.size, secs, generator, picks: Some(picks) })
 }
 
 fn fmt_ratio(g: f64, r: f64) -> String {

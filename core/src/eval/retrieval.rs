@@ -165,6 +165,32 @@ pub fn candidate_sets(data: &Dataset, split: Split, items: &[usize], count: usiz
         .collect()
 }
 
+/// For each row of `queries` (`[n, dim]`), the row of `keys` (`[m, dim]`) with the highest dot
+/// product (the first on ties); NaN scores never win. This is the copy-the-nearest-training-image
+/// baseline: captions as queries, a split's image embeddings as keys.
+pub fn best_matches(queries: &[f32], keys: &[f32], dim: usize) -> Result<Vec<usize>> {
+    if dim == 0 || queries.len() % dim != 0 || keys.len() % dim != 0 || keys.is_empty() {
+        return Err(Error::input(format!(
+            "best_matches: {} query and {} key values are not (non-empty) rows of dimension {dim}",
+            queries.len(),
+            keys.len()
+        )));
+    }
+    Ok(queries
+        .chunks(dim)
+        .map(|q| {
+            let mut best = (0, f32::NEG_INFINITY);
+            for (j, k) in keys.chunks(dim).enumerate() {
+                let s: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+                if s > best.1 {
+                    best = (j, s);
+                }
+            }
+            best.0
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +202,15 @@ mod tests {
         assert_eq!(rank_of_first(&[0.0; 10]), 10);
         assert_eq!(rank_of_first(&[f32::NAN, 0.1]), 2);
         assert_eq!(top_k(&[1, 2, 5, 6], 5), 0.75);
+    }
+
+    #[test]
+    fn best_matches_take_the_highest_dot_product() {
+        let keys = [1.0, 0.0, 0.0, 1.0, f32::NAN, 5.0, 0.6, 0.6];
+        let queries = [0.9, 0.1, 0.2, 0.8, 1.0, 1.0, -1.0, -1.0];
+        assert_eq!(best_matches(&queries, &keys, 2).unwrap(), vec![0, 1, 3, 0]);
+        assert!(best_matches(&queries, &[], 2).is_err());
+        assert!(best_matches(&queries, &keys, 3).is_err());
     }
 
     /// A family of ids that differ only in the last code point (the 26 flags "1f1f8-1f1e6" …) is
