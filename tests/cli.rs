@@ -184,6 +184,10 @@ fn bad_inputs_give_one_line_errors() {
     let mut png = sample_cmd(f, &tmp.join("no-such-model"), &noise, "ndarray");
     png.arg("-o").arg(tmp.join("x.png"));
     expect_error(&mut png, "no-such-model");
+    // A directory that is not a model is named as such, with or without -o.
+    let mut not_model = sample_cmd(f, &tmp, &noise, "ndarray");
+    not_model.arg("-o").arg(tmp.join("x.png"));
+    expect_error(&mut not_model, "has no config.json");
     let mut bad_vae = sample_cmd(f, &f.dir, &noise, "ndarray");
     bad_vae.arg("--vae").arg(tmp.join("no-such-vae")).arg("-o").arg(tmp.join("x.png"));
     expect_error(&mut bad_vae, "no-such-vae");

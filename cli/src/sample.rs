@@ -92,6 +92,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if let Some(dir) = args.model.as_ref().filter(|d| !d.is_dir()) {
         bail!("--model {}: the directory does not exist", dir.display());
     }
+    if let Some(dir) = args.model.as_ref().filter(|d| !d.join("config.json").is_file()) {
+        bail!("--model {}: not a model directory (it has no config.json)", dir.display());
+    }
     if args.vae.is_none() {
         args.vae = args.model.as_ref().map(|m| m.join("vae")).filter(|v| v.is_dir());
     }
