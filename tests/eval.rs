@@ -271,6 +271,10 @@ fn bad_inputs_are_clear_errors() {
     c.kind = "clip".into();
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
     assert!(load_scorer_dir(&dir).unwrap_err().to_string().contains("proxy-clip"));
+    // Another kind of model directory (a generator's config has no `kind`).
+    std::fs::write(dir.join("config.json"), br#"{"model_type": "rfgen_flow", "arm": "both"}"#).unwrap();
+    let err = load_scorer_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("is not a proxy scorer") && err.contains("rfgen-proxy-clip"), "{err}");
     let c = tiny_scorer_config();
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
     assert!(load_scorer_dir(&dir).unwrap_err().to_string().contains("model.safetensors"));

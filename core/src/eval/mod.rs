@@ -51,6 +51,14 @@ pub fn load_scorer_dir(dir: &Path) -> Result<(ProxyClipConfig, Weights)> {
     if !config_path.is_file() {
         return Err(Error::Io(format!("{} is not a proxy scorer: it has no {SCORER_CONFIG}", dir.display())));
     }
+    let kind: serde_json::Value = read_json(&config_path)?;
+    if kind.get("kind").and_then(|k| k.as_str()) != Some(proxy_clip::PROXY_CLIP_KIND) {
+        return Err(Error::Io(format!(
+            "{} is not a proxy scorer: its {SCORER_CONFIG} is not of kind {:?}",
+            dir.display(),
+            proxy_clip::PROXY_CLIP_KIND
+        )));
+    }
     let config: ProxyClipConfig = read_json(&config_path)?;
     config.validate(&config_path.display().to_string())?;
     let weights_path = dir.join(SCORER_WEIGHTS);
