@@ -314,6 +314,24 @@ fn fill_cache<B: Backend>(
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// The scorer's cached text features in `dir`, with those of `wanted` captions it lacks computed
+/// from the LLM (not saved).
+fn scorer_features<B: Backend>(
+    dir: &Path,
+    spec: &TextFeatureSpec,
+    wanted: &[String],
+    llm_gguf: Option<&Path>,
+    device: &B::Device,
+) -> Result<TextFeatures> {
+    let mut cache = read_cache(dir, spec);
+    if !cache.missing(wanted).is_empty() {
+        let path = gguf_path(llm_gguf, &spec.gguf_file)?;
+        let enc = text_encoder::<B>(&path, spec.layers, Some(spec), device)?;
+        fill_cache(&mut cache, wanted, &enc, None)?;
+    }
+    Ok(cache)
+}
+
 /// Real-image (and generated-image) retrieval for `items` of `split`.
 struct Scored {
     items: Vec<usize>,
@@ -589,12 +607,7 @@ impl EvalProxy {
         // Checks --n and the candidates before any expensive work.
         let needed = Scored::needed_captions(&data, split, a.n, a.candidates)?;
 
-        let mut cache = read_cache(&self.scorer, &config.text);
-        if !cache.missing(&needed).is_empty() {
-            let path = gguf_path(a.llm_gguf.as_deref(), &config.text.gguf_file)?;
-            let enc = text_encoder::<B>(&path, config.text.layers, Some(&config.text), device)?;
-            fill_cache(&mut cache, &needed, &enc, None)?;
-        }
+        let cache = scorer_features::<B>(&self.scorer, &config.text, &needed, a.llm_gguf.as_deref(), device)?;
         let scored = Scored::prepare(&data, split, a.n, a.candidates, &scorer, &cache)?;
         let dim = config.embed_dim;
         let real_imgs: Vec<Vec<u8>> = scored.items.iter().map(|&i| data.image(i).to_vec()).collect();
@@ -749,12 +762,7 @@ fn nearest_train<B: Backend>(data: &Dataset, items: &[usize], dir: &Path, llm_gg
     }
     let scorer = ProxyScorer::<B>::load(&weights, &config, device)?;
     let captions: Vec<String> = items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
-    let mut cache = read_cache(dir, &config.text);
-    if !cache.missing(&captions).is_empty() {
-        let path = gguf_path(llm_gguf, &config.text.gguf_file)?;
-        let enc = text_encoder::<B>(&path, config.text.layers, Some(&config.text), device)?;
-        fill_cache(&mut cache, &captions, &enc, None)?;
-    }
+    let cache = scorer_features::<B>(dir, &config.text, &captions, llm_gguf, device)?;
     let text_emb = scorer.embed_text_features(&cache.rows(&captions)?);
     let pool: Vec<usize> = (0..data.items.len()).filter(|&j| data.items[j].split == Split::Train).collect();
     if pool.is_empty() {

@@ -51,15 +51,15 @@ pub fn load_scorer_dir(dir: &Path) -> Result<(ProxyClipConfig, Weights)> {
     if !config_path.is_file() {
         return Err(Error::Io(format!("{} is not a proxy scorer: it has no {SCORER_CONFIG}", dir.display())));
     }
-    let kind: serde_json::Value = read_json(&config_path)?;
-    if kind.get("kind").and_then(|k| k.as_str()) != Some(proxy_clip::PROXY_CLIP_KIND) {
+    let json: serde_json::Value = read_json(&config_path)?;
+    if json.get("kind").and_then(|k| k.as_str()) != Some(proxy_clip::PROXY_CLIP_KIND) {
         return Err(Error::Io(format!(
             "{} is not a proxy scorer: its {SCORER_CONFIG} is not of kind {:?}",
             dir.display(),
             proxy_clip::PROXY_CLIP_KIND
         )));
     }
-    let config: ProxyClipConfig = read_json(&config_path)?;
+    let config: ProxyClipConfig = serde_json::from_value(json).map_err(|e| Error::config(config_path.display().to_string(), e))?;
     config.validate(&config_path.display().to_string())?;
     let weights_path = dir.join(SCORER_WEIGHTS);
     let bytes = std::fs::read(&weights_path).map_err(|e| Error::Io(format!("cannot read {}: {e}", weights_path.display())))?;
