@@ -3,8 +3,10 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
-use rfgen_core::checkpoint::{VarBuilder, Weights};
-use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig};
+use rfgen_core::checkpoint::{init_values, VarBuilder, Weights};
+use rfgen_core::convert::ModelKind;
+use rfgen_core::sampler::{PromptBatch, VelocityModel};
+use rfgen_core::structured::{mean_pooled, preset, prompt_body, FlowGenerator, GeneratorConfig, PooledTextConfig};
 use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{
     batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, Repeat, Sampling,
@@ -37,7 +39,7 @@ fn batch_for(step: u64, batch: usize) -> FlowBatch {
         }
     }
     let prompts = idx.iter().map(|&i| tok.encode_prompt(CAPTIONS[i]).unwrap()).collect();
-    FlowBatch { x, dims: [batch, 3, 8, 8], prompts }
+    FlowBatch { x, dims: [batch, 3, 8, 8], prompts, pooled: None }
 }
 
 fn settings() -> FlowTrainConfig {
@@ -282,4 +284,105 @@ fn settings_without_a_decay_are_constant() {
 
 fn json_of(c: &FlowTrainConfig) -> serde_json::Value {
     serde_json::to_value(c).unwrap()
+}
+
+/// `tiny_config` with pooled text conditioning over a 1-layer copy of its LLM.
+fn pooled_config() -> GeneratorConfig {
+    let mut c = tiny_config();
+    c.pooled_text = Some(PooledTextConfig { layers: 1 });
+    c
+}
+
+/// Seeded weights of `config`; the pooled path's output projection random instead of zero.
+fn weights_with_live_pooled_path(config: &GeneratorConfig) -> Weights {
+    let mut w = Weights::new();
+    for (key, shape) in ModelKind::Generator(config.clone()).expected::<NdArray<f32>>(&Default::default()) {
+        let values = if key.starts_with("pooled_text_embed.linear_2.") {
+            rfgen_core::noise::gaussian(5, shape.iter().product()).into_iter().map(|x| x * 0.05).collect()
+        } else {
+            init_values(11, &key, &shape)
+        };
+        w.insert_f32(&key, shape, values);
+    }
+    w
+}
+
+fn velocity_of(model: &FlowGenerator<NdArray<f32>>, batch: &PromptBatch) -> Vec<f32> {
+    let device = Default::default();
+    let rows = batch.ids.len();
+    let z = Tensor::from_data(TensorData::new(rfgen_core::noise::gaussian(2, rows * 3 * 64), [rows, 3, 8, 8]), &device);
+    let mut cond = model.prepare(batch, &device);
+    model.velocity(z, &vec![400.0; rows], &mut cond).into_data().into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn pooled_text_path_starts_as_a_no_op_and_pools_like_its_cache() {
+    let device = Default::default();
+    let tok = PromptTokenizer::bytes(1, 2, tiny_config().language_config.vocab_size).unwrap();
+    let prompts: Vec<Vec<u32>> = ["a red square", "a dot"].iter().map(|c| tok.encode_prompt(c).unwrap()).collect();
+    let batch = PromptBatch::new(&prompts, 0).unwrap();
+
+    // Zero-initialised: the model with the path gives exactly the velocity of the one without.
+    let plain = FlowGenerator::<NdArray<f32>>::build(&VarBuilder::random(11, &device), &tiny_config());
+    let fresh = FlowGenerator::<NdArray<f32>>::build(&VarBuilder::random(11, &device), &pooled_config());
+    assert_eq!(velocity_of(&plain, &batch), velocity_of(&fresh, &batch));
+
+    // Live: the prompts move the velocity; features handed in (as training reads them from its
+    // cache) give what the model pools from the token ids itself.
+    let w = weights_with_live_pooled_path(&pooled_config());
+    let live = FlowGenerator::<NdArray<f32>>::load(&w, &pooled_config(), &device).unwrap();
+    let pooled_from_ids = velocity_of(&live, &batch);
+    let diff = pooled_from_ids.iter().zip(velocity_of(&plain, &batch)).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff > 1e-3, "the pooled path changed nothing ({diff})");
+    let llm = live.pooled_text_model.as_ref().unwrap();
+    let bodies: Vec<&[u32]> = prompts.iter().map(|p| prompt_body(p)).collect();
+    assert_eq!(bodies[1], &prompts[1][1..prompts[1].len() - 1]);
+    let features = mean_pooled(llm, &bodies, &device).into_data().into_vec::<f32>().unwrap();
+    let given = batch.clone().with_pooled(features).unwrap();
+    let d = velocity_of(&live, &given).iter().zip(&pooled_from_ids).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d < 1e-5, "given features differ from pooled ones by {d}");
+
+    // The pooled rows follow `select` (training runs conditional and dropped rows together).
+    let h = pooled_config().hidden();
+    let dropped = given.select(&[0, 3]);
+    let p = dropped.pooled.as_ref().unwrap();
+    assert_eq!(p.len(), 2 * h);
+    assert!(p[..h].iter().any(|&v| v != 0.0) && p[h..].iter().all(|&v| v == 0.0));
+    assert!(batch.clone().with_pooled(vec![1.0; 3]).is_err() && batch.with_pooled(vec![f32::NAN; 2 * h]).is_err());
+}
+
+#[test]
+fn training_moves_the_pooled_projection_and_nothing_frozen() {
+    let device = Default::default();
+    let config = pooled_config();
+    let w = weights_with_live_pooled_path(&config);
+    let vb = VarBuilder::<B>::new(&w, &device);
+    let model = FlowGenerator::build(&vb, &config);
+    let mut t = FlowTrainer::new(model, vb.param_keys(), settings(), 0, &device).unwrap();
+    let width = config.hidden();
+    let with_pooled = |step: u64| {
+        let mut b = batch_for(step, 4);
+        b.pooled = Some(rfgen_core::noise::gaussian(step + 9, 4 * width));
+        b
+    };
+    let before = t.weights();
+    for step in 0..2 {
+        t.step(&with_pooled(step)).unwrap();
+    }
+    let after = t.weights();
+    let moved = |n: &str| before.read_f32(n).unwrap().unwrap() != after.read_f32(n).unwrap().unwrap();
+    assert!(moved("pooled_text_embed.linear_2.weight") && moved("pooled_text_embed.linear_1.weight"));
+    for n in before.names().filter(|n| n.starts_with("pooled_text_model.") || n.starts_with("pooled_text_embed.norm.")) {
+        assert!(!moved(n), "{n} is frozen but changed");
+    }
+
+    // Features of the wrong width, or for a model without the path, are errors.
+    let mut bad = with_pooled(2);
+    bad.pooled = Some(vec![0.5; 4 * (width + 1)]);
+    assert!(t.step(&bad).unwrap_err().to_string().contains("pooled text values"));
+    let mut plain = fresh(settings());
+    assert!(plain.step(&with_pooled(0)).unwrap_err().to_string().contains("no pooled_text path"));
+    let mut zero_layers = pooled_config();
+    zero_layers.pooled_text = Some(PooledTextConfig { layers: 0 });
+    assert!(zero_layers.validate("config").unwrap_err().to_string().contains("pooled_text.layers"));
 }

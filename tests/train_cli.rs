@@ -399,3 +399,63 @@ fn flow_loss_is_a_fixed_draw_validation_loss() {
     let o = Command::new(BIN).args(["eval", "flow-loss", "--model", "/nonexistent/model", "--data"]).arg(&data).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("does not exist"));
 }
+
+#[test]
+fn pooled_text_path_is_added_to_a_trained_model_and_loads_from_the_gguf() {
+    let Some(gguf) = smollm2_gguf() else {
+        eprintln!("skipped: run ./build.sh setup to fetch the SmolLM2 GGUF");
+        return;
+    };
+    let dir = tempdir("train-cli-pooled");
+    let data = digits(&dir);
+    let llm = ["--llm-gguf", gguf.to_str().unwrap(), "--llm-layers", "1", "--save-dtype", "f32"];
+    let first = dir.join("first");
+    run(train(&data, &first, &["--steps", "1"]).args(llm));
+    let source = first.join("model");
+
+    // Added with no steps: its output projection is zero, the rest is the source model's, the
+    // standardisation comes from the training captions, and the frozen pooler is not stored.
+    let added = dir.join("added");
+    run(train(&data, &added, &["--steps", "0", "--pooled-text-layers", "2", "--init-from"]).arg(&source).args(llm));
+    let (src, w) = (weights(&source.join("model.safetensors")), weights(&added.join("model/model.safetensors")));
+    for name in src.names() {
+        assert_eq!(max_diff(&src, &w, name), 0.0, "{name}");
+    }
+    assert!(!w.names().any(|n| n.starts_with("pooled_text_model.")), "the pooler was stored");
+    assert!(w.read_f32("pooled_text_embed.linear_2.weight").unwrap().unwrap().iter().all(|&v| v == 0.0));
+    let std = w.read_f32("pooled_text_embed.norm.std").unwrap().unwrap();
+    assert!(std.iter().all(|&s| s >= 1e-3) && std.iter().any(|&s| s != 1.0), "no caption statistics");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(added.join("model/config.json")).unwrap()).unwrap();
+    assert_eq!(config["pooled_text"]["layers"], 2);
+    let cache = added.join("pooled_text_cache.safetensors");
+    assert!(cache.is_file());
+
+    // It trains (the projection moves) and resumes, reusing the features of the first run.
+    let trained = dir.join("trained");
+    let pooled = ["--pooled-text-layers", "2", "--text-cache", cache.to_str().unwrap()];
+    run(train(&data, &trained, &["--steps", "2", "--init-from"]).arg(&source).args(llm).args(pooled));
+    run(train(&data, &trained, &["--steps", "3", "--resume"]).args(llm).args(pooled));
+    assert_eq!(log_steps(&trained), [1, 2, 3]);
+    let w = weights(&trained.join("model/model.safetensors"));
+    assert!(w.read_f32("pooled_text_embed.linear_2.weight").unwrap().unwrap().iter().any(|&v| v != 0.0));
+
+    // Loading takes the pooler's layers from the GGUF; the model samples.
+    std::env::set_var("RFGEN_SMOLLM2_GGUF", &gguf);
+    let files = ModelFiles::read_dir(&trained.join("model")).unwrap();
+    assert!(files.weights.contains("pooled_text_model.model.layers.1.mlp.down_proj.weight"));
+    assert!(!files.weights.names().any(|n| n.starts_with("pooled_text_model.model.layers.2.")));
+    let out = dir.join("digit.safetensors");
+    run(Command::new(BIN).args(["sample", "--model"]).arg(trained.join("model")).args(["--prompt", "a handwritten digit seven", "--steps", "2", "--dump"]).arg(&out));
+    assert!(out.is_file());
+
+    // Features of another depth, a missing cache, and the path without a GGUF are refused.
+    for (args, needle) in [
+        (vec!["--pooled-text-layers", "3", "--text-cache", cache.to_str().unwrap()], "this run pools 3 layers"),
+        (vec!["--pooled-text-layers", "2", "--text-cache", "/nonexistent/cache.safetensors"], "no such file"),
+    ] {
+        let o = train(&data, &dir.join("refused"), &["--steps", "1"]).args(llm).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert_refused(&data, &dir.join("refused"), &["--steps", "1", "--pooled-text-layers", "2"], "--llm-gguf");
+}

@@ -15,8 +15,11 @@ use rfgen_core::data::{load_dir, Dataset, Split};
 use rfgen_core::pipeline::{read_generator_config, Pipeline, VaeFiles};
 use rfgen_core::checkpoint::init_values;
 use rfgen_core::convert::ModelKind;
+use rfgen_core::eval::proxy_clip::{TextFeatureSpec, POOL};
+use rfgen_core::eval::{pooled_features, TextFeatures};
 use rfgen_core::gguf;
-use rfgen_core::structured::{preset, FlowGenerator, GeneratorConfig, LlmGguf, UNUSED_PREFIXES};
+use rfgen_core::llama::Llama;
+use rfgen_core::structured::{feature_stats, preset, prompt_body, FlowGenerator, GeneratorConfig, LlmGguf, PooledTextConfig, UNUSED_PREFIXES};
 use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{batch_groups, step_rng, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, Repeat, Sampling, TrainState, STATE_FILES};
 
@@ -122,6 +125,16 @@ pub struct TrainArgs {
     /// its weights replace the random initialisation; the optimizer, EMA and step start afresh.
     #[arg(long, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
+    /// Condition on pooled text features (SD3's pooled path): the mean over the prompt's tokens
+    /// of the GGUF's first K layers (a frozen copy), projected and added to the time embedding.
+    /// Its output projection starts at zero, so `--init-from` a model without it starts unchanged.
+    #[arg(long, requires = "llm_gguf")]
+    pooled_text_layers: Option<usize>,
+    /// Pooled text features already computed (a text-feature cache such as a proxy scorer's
+    /// `proxy_text_cache.safetensors` made with the same GGUF and depth); missing captions are
+    /// computed. The features used are kept in OUT/pooled_text_cache.safetensors.
+    #[arg(long, requires = "pooled_text_layers")]
+    text_cache: Option<PathBuf>,
 }
 
 /// SmolLM2's chat format around the prompt; `<|endoftext|>` then marks the start of the image.
@@ -131,14 +144,29 @@ const SMOLLM_TEMPLATE: &str = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|
 struct GgufLlm {
     weights: Weights,
     tokenizer_json: Vec<u8>,
+    /// The frozen text pooler's weights (the first `pooled_text.layers` layers), when used.
+    pooler: Option<Weights>,
 }
 
 /// Points `config` at the GGUF's first `layers` layers, with its tokenizer and (unless the config
 /// names its own `generation.prompt_template`) SmolLM2's chat format.
-fn llm_from_gguf(path: &Path, layers: Option<usize>, config: &mut GeneratorConfig) -> Result<GgufLlm> {
+fn llm_from_gguf(path: &Path, layers: Option<usize>, pooled: Option<usize>, config: &mut GeneratorConfig) -> Result<GgufLlm> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {} (run ./build.sh setup)", path.display()))?;
     let file = gguf::GgufFile::parse(&bytes)?;
     let (lc, weights) = gguf::llama_weights(&file, layers)?;
+    if let Some(k) = pooled {
+        config.pooled_text = Some(PooledTextConfig { layers: k });
+    }
+    let pooler = match config.pooled_text.as_ref().map(|p| p.layers) {
+        Some(k) => {
+            let (pc, w) = gguf::llama_weights(&file, Some(k))?;
+            if pc.num_hidden_layers != k {
+                bail!("--pooled-text-layers {k}: {} has only {} layers", path.display(), pc.num_hidden_layers);
+            }
+            Some(w)
+        }
+        None => None,
+    };
     let tok = gguf::tokenizer(&file)?;
     let id = |t: &str| tok.tokenizer.token_to_id(t).with_context(|| format!("{}: the vocabulary has no {t}", path.display()));
     config.generation.bos_token_id = Some(id("<|im_start|>")?);
@@ -154,7 +182,7 @@ fn llm_from_gguf(path: &Path, layers: Option<usize>, config: &mut GeneratorConfi
     });
     config.language_config = lc;
     let tokenizer_json = serde_json::to_vec(&gguf::tokenizer_json(&file)?)?;
-    Ok(GgufLlm { weights, tokenizer_json })
+    Ok(GgufLlm { weights, tokenizer_json, pooler })
 }
 
 /// Fresh weights: the GGUF's LLM where given; the rest from a trained model (`--init-from`) or
@@ -164,13 +192,27 @@ fn initial_weights<B: burn::tensor::backend::Backend>(
     seed: u64,
     llm: Option<&GgufLlm>,
     pretrained: Option<&Pretrained>,
+    pooled_stats: Option<(Vec<f32>, Vec<f32>)>,
     device: &B::Device,
 ) -> Result<Weights> {
     let mut w = Weights::new();
     for (key, shape) in ModelKind::Generator(config.clone()).expected::<B>(device) {
-        let from_llm = llm.and_then(|l| key.strip_prefix("language_model.").map(|k| l.weights.read_f32(k)));
+        let from_llm = llm.and_then(|l| match key.strip_prefix("pooled_text_model.") {
+            Some(k) => l.pooler.as_ref().map(|p| p.read_f32(k)),
+            None => key.strip_prefix("language_model.").map(|k| l.weights.read_f32(k)),
+        });
+        // A pooled-text path added to a model trained without one starts from its own init.
+        let new_path = key.starts_with("pooled_text_embed.") && pretrained.is_some_and(|p| !p.weights.contains(&key));
+        let fresh_path = key.starts_with("pooled_text_embed.") && (pretrained.is_none() || new_path);
+        let stat = match (&pooled_stats, key.as_str()) {
+            (Some((mean, _)), "pooled_text_embed.norm.mean") => Some(mean.clone()),
+            (Some((_, std)), "pooled_text_embed.norm.std") => Some(std.clone()),
+            _ => None,
+        };
         let values = match (from_llm, pretrained) {
             (Some(Some(Ok(v))), _) => v,
+            _ if fresh_path && stat.is_some() => stat.expect("checked"),
+            _ if new_path => init_values(seed, &key, &shape),
             (None, Some(p)) => p.values(&key, &shape)?,
             _ => init_values(seed, &key, &shape),
         };
@@ -319,7 +361,7 @@ impl Train {
             bail!("latents of {h}x{w} do not divide into patches of {}", config.patch_size);
         }
         let llm = match &a.llm_gguf {
-            Some(path) => Some(llm_from_gguf(path, a.llm_layers, &mut config)?),
+            Some(path) => Some(llm_from_gguf(path, a.llm_layers, a.pooled_text_layers, &mut config)?),
             None => None,
         };
         config.set_latent_channels(c);
@@ -369,6 +411,10 @@ impl Train {
         if a.resume && !ckpt_dir.join("state.json").is_file() {
             bail!("--resume: {} has no checkpoint (checkpoint/state.json); start without --resume", a.out.display());
         }
+        let pooled_cache = match &config.pooled_text {
+            Some(_) => Some(self.pooled_text_cache::<B::InnerBackend>(&config, llm.as_ref(), &data, &train_idx, &tok, device)?),
+            None => None,
+        };
         let mut trainer = if a.resume {
             let read = |f: &str| std::fs::read(ckpt_dir.join(f)).with_context(|| format!("cannot read {}", ckpt_dir.join(f).display()));
             let state: TrainState = serde_json::from_slice(&read("state.json")?).context("checkpoint state.json")?;
@@ -389,7 +435,8 @@ impl Train {
             FlowTrainer::resume(model, vb.param_keys(), &state, &ema, &optim, pad_id, device)?
         } else {
             let pretrained = a.init_from.as_deref().map(Pretrained::read).transpose()?;
-            let init = initial_weights::<B>(&config, a.seed, llm.as_ref(), pretrained.as_ref(), device)?;
+            let stats = pooled_cache.as_ref().map(|c| feature_stats(&c.values, c.spec.dim));
+            let init = initial_weights::<B>(&config, a.seed, llm.as_ref(), pretrained.as_ref(), stats, device)?;
             if let Some(p) = &pretrained {
                 eprintln!("initialised from {}", p.dir.display());
             }
@@ -416,14 +463,19 @@ impl Train {
             let step = trainer.step;
             let idx = batch_groups(&groups, a.batch, a.seed, step);
             let mut rng = step_rng(a.seed, step, 2);
-            let prompts = idx
+            let captions: Vec<&String> = idx
                 .iter()
                 .map(|&i| {
                     let caps = &data.items[i].captions;
-                    tok.encode_prompt(&caps[rng.random_range(0..caps.len())])
+                    &caps[rng.random_range(0..caps.len())]
                 })
-                .collect::<rfgen_core::Result<Vec<_>>>()?;
-            let batch = FlowBatch { x: targets.batch(&idx), dims: [idx.len(), c, h, w], prompts };
+                .collect();
+            let prompts = captions.iter().map(|c| tok.encode_prompt(c)).collect::<rfgen_core::Result<Vec<_>>>()?;
+            let pooled = match &pooled_cache {
+                Some(cache) => Some(cache.rows(&captions.iter().map(|c| c.to_string()).collect::<Vec<_>>())?),
+                None => None,
+            };
+            let batch = FlowBatch { x: targets.batch(&idx), dims: [idx.len(), c, h, w], prompts, pooled };
             let stats = trainer.step(&batch)?;
             let elapsed = start.elapsed().as_secs_f64();
             let line = serde_json::json!({
@@ -469,6 +521,81 @@ impl Train {
         Ok(())
     }
 
+    /// Pooled text features of every training caption: read from OUT/pooled_text_cache.safetensors
+    /// and `--text-cache` where they hold them (same GGUF, depth and pooling, and a spot check
+    /// that the model's pooler gives the same values), the rest computed with the frozen pooler;
+    /// the set is written back to OUT.
+    fn pooled_text_cache<B: burn::tensor::backend::Backend>(
+        &self,
+        config: &GeneratorConfig,
+        llm: Option<&GgufLlm>,
+        data: &Dataset,
+        train_idx: &[usize],
+        tok: &PromptTokenizer,
+        device: &B::Device,
+    ) -> Result<TextFeatures> {
+        let a = &self.args;
+        let src = config.llm_gguf.as_ref().context("pooled text features need the LLM's GGUF (--llm-gguf)")?;
+        let lc = config.pooler_config().context("the config has no pooled_text")?;
+        let spec = TextFeatureSpec {
+            gguf_file: src.file.clone(),
+            gguf_sha256: src.sha256.clone(),
+            layers: lc.num_hidden_layers,
+            dim: lc.hidden_size,
+            pool: POOL.into(),
+        };
+        let weights = llm.and_then(|l| l.pooler.as_ref()).context("pooled text features need the LLM's GGUF (--llm-gguf)")?;
+        let llm = &Llama::<B>::from_weights(weights, &lc, device)?;
+        let body = |c: &String| -> Result<Vec<u32>> { Ok(prompt_body(&tok.encode_prompt(c)?).to_vec()) };
+        let wanted: Vec<String> = train_idx.iter().flat_map(|&i| data.items[i].captions.iter().cloned()).collect();
+        let own = a.out.join("pooled_text_cache.safetensors");
+        let mut cache = TextFeatures::empty(spec.clone());
+        for path in [Some(own.clone()), a.text_cache.clone()].into_iter().flatten() {
+            if !path.is_file() {
+                if path == own {
+                    continue;
+                }
+                bail!("--text-cache {}: no such file", path.display());
+            }
+            let name = path.display().to_string();
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {name}"))?;
+            let other = TextFeatures::from_safetensors(&name, &bytes)?;
+            let o = &other.spec;
+            if (o.gguf_sha256.as_str(), o.layers, o.dim, o.pool.as_str()) != (spec.gguf_sha256.as_str(), spec.layers, spec.dim, POOL) {
+                bail!(
+                    "{name}: its features pool {} layers of {} ({}, {}); this run pools {} layers of {} ({POOL})",
+                    o.layers, o.gguf_file, &o.gguf_sha256[..o.gguf_sha256.len().min(12)], o.pool, spec.layers, spec.gguf_file
+                );
+            }
+            let usable = other.missing(wanted.iter()).len() < wanted.len();
+            let first = wanted.iter().find(|c| other.get(c).is_some() && cache.get(c).is_none());
+            if let (true, Some(c)) = (usable, first) {
+                let fresh = pooled_features(llm, &[body(c)?], |_| {})?;
+                let cached = other.get(c).expect("found");
+                let scale = cached.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                let diff = fresh.iter().zip(cached).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                if diff > 1e-3 * scale {
+                    bail!("{name}: its features of {c:?} differ from the pooler's by {diff:.2e}: they were computed from other tokens");
+                }
+            }
+            let take: Vec<String> = cache.missing(wanted.iter()).into_iter().filter(|c| other.get(c).is_some()).collect();
+            let rows = other.rows(&take)?;
+            cache.extend(take, rows)?;
+        }
+        let missing = cache.missing(wanted.iter());
+        if !missing.is_empty() {
+            eprintln!("pooling {} training captions through {} LLM layers", missing.len(), spec.layers);
+            let ids = missing.iter().map(body).collect::<Result<Vec<_>>>()?;
+            let values = pooled_features(llm, &ids, |done| status(format_args!("pooled text features {done}/{}   ", ids.len())))?;
+            status_done();
+            cache.extend(missing, values)?;
+        }
+        let tmp = own.with_extension("safetensors.tmp");
+        std::fs::write(&tmp, cache.to_safetensors()?).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &own).with_context(|| format!("cannot write {}", own.display()))?;
+        Ok(cache)
+    }
+
     fn save_checkpoint<B: AutodiffBackend>(&self, trainer: &FlowTrainer<B>, dir: &Path) -> Result<()> {
         let (model, ema, optim, state) = trainer.checkpoint();
         write_dir_atomic(dir, |tmp| {
@@ -491,7 +618,9 @@ impl Train {
                 Some(l) if trainer.step > trainer.config.stage1_steps => Some(gguf::llm_delta(&weights, &l.weights, "language_model.")?),
                 _ => None,
             };
-            let names: Vec<String> = weights.names().filter(|n| n.starts_with("language_model.")).map(str::to_string).collect();
+            // The pooler is the GGUF's too, and never trained.
+            let from_gguf = |n: &str| n.starts_with("language_model.") || n.starts_with("pooled_text_model.");
+            let names: Vec<String> = weights.names().filter(|n| from_gguf(n)).map(str::to_string).collect();
             for n in names {
                 weights.remove(&n);
             }

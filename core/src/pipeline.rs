@@ -49,19 +49,30 @@ impl ModelFiles {
 }
 
 /// For a model trained on a GGUF LLM (`config.llm_gguf`): adds the GGUF's LLM weights to
-/// `weights` (plus what stage 2 changed, stored as a delta against it) and returns the GGUF's
+/// `weights` (plus what stage 2 changed, stored as a delta against it), and the frozen text
+/// pooler's (`config.pooled_text`: the GGUF's first K layers), and returns the GGUF's
 /// tokenizer.json. `None` for a self-contained model.
 pub fn fold_llm_gguf(config: &GeneratorConfig, weights: &mut Weights) -> Result<Option<Vec<u8>>> {
     let Some(src) = &config.llm_gguf else { return Ok(None) };
     let path = find_llm_gguf(&src.file)?;
     let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
     let (llm, json) = llm_from_gguf(src, &bytes, &config.language_config)?;
-    for name in llm.names().filter(|n| !weights.contains(&format!("language_model.{n}"))).collect::<Vec<_>>() {
-        let values = llm.read_f32(name).expect("listed").expect("f32");
-        weights.insert_f32(&format!("language_model.{name}"), llm.shape(name).expect("listed").to_vec(), values);
-    }
+    insert_missing(weights, &llm, "language_model.");
     crate::gguf::apply_llm_delta(weights)?;
+    if let Some(pooler) = config.pooler_config() {
+        let layers = LlmGguf { layers: pooler.num_hidden_layers, ..src.clone() };
+        let (llm, _) = llm_from_gguf(&layers, &bytes, &pooler)?;
+        insert_missing(weights, &llm, "pooled_text_model.");
+    }
     Ok(Some(json))
+}
+
+/// Adds each tensor of `from` under `prefix` unless `weights` already has it.
+fn insert_missing(weights: &mut Weights, from: &Weights, prefix: &str) {
+    for name in from.names().filter(|n| !weights.contains(&format!("{prefix}{n}"))).collect::<Vec<_>>() {
+        let values = from.read_f32(name).expect("listed").expect("f32");
+        weights.insert_f32(&format!("{prefix}{name}"), from.shape(name).expect("listed").to_vec(), values);
+    }
 }
 
 /// Where a model's LLM GGUF is looked for: `$RFGEN_SMOLLM2_GGUF` (the file itself),

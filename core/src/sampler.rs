@@ -19,6 +19,9 @@ pub struct PromptBatch {
     pub prefix_visible: Vec<Vec<bool>>,
     /// Number of prompts B.
     pub batch: usize,
+    /// Pooled text features per row (`[rows, dim]`, flat) when the caller already has them
+    /// (training reads them from a cache); otherwise a model that uses them pools `ids` itself.
+    pub pooled: Option<Vec<f32>>,
 }
 
 impl PromptBatch {
@@ -49,7 +52,24 @@ impl PromptBatch {
             ids.push(row);
             visible.push((0..len - 1).map(|j| j == pad).collect());
         }
-        Ok(Self { ids, prefix_visible: visible, batch: b })
+        Ok(Self { ids, prefix_visible: visible, batch: b, pooled: None })
+    }
+
+    /// Attaches the conditional rows' pooled text features `[B, dim]`; the unconditional rows
+    /// get zeros.
+    pub fn with_pooled(mut self, cond: Vec<f32>) -> Result<Self> {
+        let b = self.batch;
+        if self.ids.len() != 2 * b || cond.is_empty() || cond.len() % b != 0 {
+            return Err(Error::input(format!("{} pooled text values for {b} prompts", cond.len())));
+        }
+        if cond.iter().any(|v| !v.is_finite()) {
+            return Err(Error::input("the pooled text features contain NaN or infinite values"));
+        }
+        let n = cond.len();
+        let mut values = cond;
+        values.resize(2 * n, 0.0);
+        self.pooled = Some(values);
+        Ok(self)
     }
 
     /// The batch of the given rows of `ids` only (0..B conditional, B..2B unconditional), as
@@ -59,6 +79,10 @@ impl PromptBatch {
             ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
             prefix_visible: rows.iter().map(|&r| self.prefix_visible[r].clone()).collect(),
             batch: rows.len(),
+            pooled: self.pooled.as_ref().map(|p| {
+                let d = p.len() / self.ids.len();
+                rows.iter().flat_map(|&r| p[r * d..(r + 1) * d].iter().copied()).collect()
+            }),
         }
     }
 

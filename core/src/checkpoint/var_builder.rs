@@ -262,7 +262,9 @@ pub fn init_values(seed: u64, key: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let grn = key.contains("channelwise_norm.");
-    if leaf == "bias" || grn {
+    // A conditioning path added to a trained model starts at zero (the model is unchanged).
+    let zero_out = key.starts_with("pooled_text_embed.linear_2.") || key == "pooled_text_embed.norm.mean";
+    if leaf == "bias" || grn || zero_out {
         return vec![0.0; n];
     }
     if shape.len() == 1 {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::backend::Backend;
 
 use super::proxy_clip::{TextFeatureSpec, POOL};
 use crate::checkpoint::Weights;
@@ -40,20 +40,8 @@ pub fn pooled_features<B: Backend>(llm: &Llama<B>, ids: &[Vec<u32>], mut progres
         let t = ids[order[start]].len().min(MAX_CAPTION_TOKENS);
         let rows = (BATCH_TOKENS / t).clamp(1, 128).min(order.len() - start);
         let batch = &order[start..start + rows];
-        let mut flat = Vec::with_capacity(rows * t);
-        let mut weights = Vec::with_capacity(rows * t);
-        for &i in batch {
-            let seq = &ids[i][..ids[i].len().min(t)];
-            flat.extend(seq.iter().map(|&x| x as i64));
-            flat.extend(std::iter::repeat_n(0i64, t - seq.len()));
-            let w = 1.0 / seq.len() as f32;
-            weights.extend(std::iter::repeat_n(w, seq.len()));
-            weights.extend(std::iter::repeat_n(0.0f32, t - seq.len()));
-        }
-        let x = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows, t]), &device);
-        let h = llm.forward_embeds(llm.embed(x), None, None, false).last_hidden_state;
-        let w = Tensor::<B, 3>::from_data(TensorData::new(weights, [rows, t, 1]), &device);
-        let pooled = (h * w).sum_dim(1).reshape([rows, hidden]);
+        let seqs: Vec<&[u32]> = batch.iter().map(|&i| &ids[i][..ids[i].len().min(t)]).collect();
+        let pooled = crate::structured::mean_pooled(llm, &seqs, &device);
         let values = pooled.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data");
         for (k, &i) in batch.iter().enumerate() {
             out[i * hidden..(i + 1) * hidden].copy_from_slice(&values[k * hidden..(k + 1) * hidden]);

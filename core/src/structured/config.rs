@@ -64,6 +64,15 @@ pub enum DecoderConfig {
     SingleStream(SingleStreamDecoderConfig),
 }
 
+/// Pooled text conditioning (SD3's `pooled_projections`): the mean over the prompt's tokens of
+/// the final-norm hidden states of the first `layers` layers of the same LLM (a frozen copy,
+/// `pooled_text_model.*`), through `pooled_text_embed` (linear, SiLU, linear) and added to the
+/// time embedding. Unconditional rows get zeros.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PooledTextConfig {
+    pub layers: usize,
+}
+
 /// A generator: LLM + generation encoder + decoder. `config.json` of an rfgen structured model
 /// (`"model_type": "rfgen_flow"`), or converted from a JanusFlow config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +92,8 @@ pub struct GeneratorConfig {
     /// The LLM's weights and tokenizer come from this GGUF (not stored with the model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_gguf: Option<LlmGguf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooled_text: Option<PooledTextConfig>,
 }
 
 /// A GGUF the model takes its LLM from: its first `layers` layers, checked by sha256.
@@ -113,6 +124,7 @@ impl From<&JanusFlowConfig> for GeneratorConfig {
             decoder: DecoderConfig::Uvit(c.decoder().clone()),
             generation: GenerationConfig::default(),
             llm_gguf: None,
+            pooled_text: None,
         }
     }
 }
@@ -120,6 +132,11 @@ impl From<&JanusFlowConfig> for GeneratorConfig {
 impl GeneratorConfig {
     pub fn hidden(&self) -> usize {
         self.language_config.hidden_size
+    }
+
+    /// The frozen text pooler: the language model's shape with `pooled_text.layers` layers.
+    pub fn pooler_config(&self) -> Option<LlamaConfig> {
+        self.pooled_text.as_ref().map(|p| LlamaConfig { num_hidden_layers: p.layers, ..self.language_config.clone() })
     }
 
     /// Width of the skip tokens the encoder hands to the decoder.
@@ -157,6 +174,11 @@ impl GeneratorConfig {
         let h = self.hidden();
         if self.patch_size == 0 || self.latent_channels == 0 {
             return bad("patch_size and latent_channels must be positive".into());
+        }
+        if let Some(p) = &self.pooled_text {
+            if p.layers == 0 || p.layers > 256 {
+                return bad(format!("pooled_text.layers is {}; it must be between 1 and 256", p.layers));
+            }
         }
         match &self.encoder {
             EncoderConfig::Uvit(p) => {

@@ -1,6 +1,7 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
+use super::pooled_text::{mean_pooled, prompt_body, PooledTextEmbed};
 use super::{DecoderConfig, EncoderConfig, GeneratorConfig, MmditEncoder, SingleStreamDecoder};
 use crate::checkpoint::{VarBuilder, Weights};
 use crate::error::Result;
@@ -51,9 +52,9 @@ pub enum Component {
 impl Component {
     /// The part a checkpoint key belongs to.
     pub fn of(key: &str) -> Component {
-        if key.starts_with("language_model.") {
+        if key.starts_with("language_model.") || key.starts_with("pooled_text_model.") {
             Component::Llm
-        } else if key.starts_with("vision_gen_enc") || key.starts_with("gen_enc.") {
+        } else if key.starts_with("vision_gen_enc") || key.starts_with("gen_enc.") || key.starts_with("pooled_text_embed.") {
             Component::Encoder
         } else {
             Component::Decoder
@@ -67,6 +68,9 @@ pub struct FlowGenerator<B: Backend> {
     pub language_model: Llama<B>,
     pub encoder: GenEncoder<B>,
     pub decoder: GenDecoder<B>,
+    /// Pooled text conditioning (`config.pooled_text`): the frozen pooler and its projection.
+    pub pooled_text_model: Option<Llama<B>>,
+    pub pooled_text_embed: Option<PooledTextEmbed<B>>,
     #[module(skip)]
     pub config: GeneratorConfig,
 }
@@ -88,6 +92,8 @@ pub struct StepTrace<B: Backend> {
 /// Prepared once per generation: prompt embeddings `[2B, P, H]`, visibility, cached masks.
 pub struct GeneratorCond<B: Backend> {
     pub prefix: Tensor<B, 3>,
+    /// `[2B, H]`: the projected pooled text features, added to the time embedding.
+    pub pooled: Option<Tensor<B, 2>>,
     pub key_visible: Vec<Vec<bool>>,
     masks: Option<Masks<B>>,
     /// Keys/values and outputs of the prompt prefix, computed once (UViT encoder only: its
@@ -184,10 +190,13 @@ impl<B: Backend> FlowGenerator<B> {
                 c.patch_size,
             )),
         };
+        let pooler = c.pooler_config();
         Self {
             language_model: Llama::load(&vb.pp("language_model"), &c.language_config, false),
             encoder,
             decoder,
+            pooled_text_model: pooler.as_ref().map(|p| Llama::load(&vb.pp("pooled_text_model"), p, false)),
+            pooled_text_embed: pooler.as_ref().map(|p| PooledTextEmbed::load(&vb.pp("pooled_text_embed"), p.hidden_size, h)),
             config: c.clone(),
         }
     }
@@ -209,7 +218,10 @@ impl<B: Backend> FlowGenerator<B> {
         trace: Option<&mut Option<StepTrace<B>>>,
     ) -> Tensor<B, 4> {
         let device = z.device();
-        let t_emb = self.time_embedding(t, &device);
+        let t_emb = match &cond.pooled {
+            Some(pooled) => self.time_embedding(t, &device) + pooled.clone(),
+            None => self.time_embedding(t, &device),
+        };
         let p = cond.prefix.dims()[1];
         let [_, _, zh, zw] = z.dims();
         let n_img = (zh / self.config.patch_size) * (zw / self.config.patch_size);
@@ -284,6 +296,35 @@ impl<B: Backend> FlowGenerator<B> {
     }
 }
 
+impl<B: Backend> FlowGenerator<B> {
+    /// The projected pooled text features `[rows, H]` of a batch: the batch's own when it carries
+    /// them, else pooled from each row's visible tokens between BOS and the begin-of-generation
+    /// tag (zeros for the unconditional row). `None` when the model has no pooled path.
+    fn pooled_text(&self, batch: &PromptBatch, device: &B::Device) -> Option<Tensor<B, 2>> {
+        let embed = self.pooled_text_embed.as_ref()?;
+        let rows = batch.ids.len();
+        let features = match &batch.pooled {
+            Some(values) => {
+                let d = values.len() / rows.max(1);
+                Tensor::<B, 2>::from_data(TensorData::new(values.clone(), [rows, d]), device)
+            }
+            None => {
+                let llm = self.pooled_text_model.as_ref()?;
+                let p = batch.prefix_len();
+                let seqs: Vec<Vec<u32>> = (0..rows)
+                    .map(|r| {
+                        let visible = (0..p).filter(|&j| batch.prefix_visible[r][j]).map(|j| batch.ids[r][j]);
+                        visible.chain(std::iter::once(batch.ids[r][p])).collect()
+                    })
+                    .collect();
+                let bodies: Vec<&[u32]> = seqs.iter().map(|s| prompt_body(s)).collect();
+                mean_pooled(llm, &bodies, device)
+            }
+        };
+        Some(embed.forward(features))
+    }
+}
+
 impl<B: Backend> VelocityModel<B> for FlowGenerator<B> {
     type Cond = GeneratorCond<B>;
 
@@ -309,6 +350,7 @@ impl<B: Backend> VelocityModel<B> for FlowGenerator<B> {
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows, p]), device);
         GeneratorCond {
             prefix: self.language_model.embed(ids),
+            pooled: self.pooled_text(batch, device),
             key_visible: batch.prefix_visible.clone(),
             masks: None,
             prefix_cache: None,

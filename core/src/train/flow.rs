@@ -10,7 +10,7 @@ use super::{export_weights, float_params, logit_normal, AdamW, AdamWConfig, Deca
 use crate::checkpoint::{ParamKeys, Weights};
 use crate::error::{Error, Result};
 use crate::sampler::{PromptBatch, VelocityModel};
-use crate::structured::FlowGenerator;
+use crate::structured::{FlowGenerator, POOLED_FROZEN};
 
 /// Settings of a rectified-flow run (saved with every checkpoint and checked on resume).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -243,6 +243,9 @@ pub struct FlowBatch {
     pub x: Vec<f32>,
     pub dims: [usize; 4],
     pub prompts: Vec<Vec<u32>>,
+    /// Each row's pooled text features `[B, dim]` (models with `pooled_text`), from a cache;
+    /// `None` pools the prompts with the model's own pooler.
+    pub pooled: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -324,10 +327,12 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
     }
 
     fn filter(&self, stage: u8) -> ParamFilter {
-        match stage {
-            1 => ParamFilter { frozen: vec!["language_model.".into()] },
-            _ => ParamFilter::default(),
+        // The pooled-text LLM and its standardisation stay fixed in both stages.
+        let mut frozen: Vec<String> = POOLED_FROZEN.iter().map(|s| s.to_string()).collect();
+        if stage == 1 {
+            frozen.push("language_model.".into());
         }
+        ParamFilter { frozen }
     }
 
     /// One optimizer update on `batch`.
@@ -335,6 +340,13 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
         let [b, c, h, w] = batch.dims;
         if batch.prompts.len() != b || batch.x.len() != b * c * h * w {
             return Err(Error::input(format!("batch of {} prompts for latents {:?}", batch.prompts.len(), batch.dims)));
+        }
+        match (&batch.pooled, self.model().config.pooler_config()) {
+            (Some(p), Some(lc)) if p.len() != b * lc.hidden_size => {
+                return Err(Error::input(format!("{} pooled text values for {b} rows of width {}", p.len(), lc.hidden_size)));
+            }
+            (Some(_), None) => return Err(Error::input("the batch has pooled text features but the model has no pooled_text path")),
+            _ => {}
         }
         if batch.x.iter().any(|v| !v.is_finite()) {
             return Err(Error::input("the batch's latents contain NaN or infinite values"));
@@ -349,7 +361,10 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
         let drop: Vec<bool> = (0..b).map(|_| rng.random::<f64>() < cfg.prompt_dropout).collect();
         let z0 = crate::noise::gaussian(rng.random::<u64>(), b * c * h * w);
 
-        let both = PromptBatch::new(&batch.prompts, self.pad_id)?;
+        let mut both = PromptBatch::new(&batch.prompts, self.pad_id)?;
+        if let Some(p) = &batch.pooled {
+            both = both.with_pooled(p.clone())?;
+        }
         let rows: Vec<usize> = (0..b).map(|i| if drop[i] { b + i } else { i }).collect();
         let prompts = both.select(&rows);
         let dev = &self.device;
