@@ -9,7 +9,7 @@ use rfgen_core::sampler::{PromptBatch, VelocityModel};
 use rfgen_core::structured::{mean_pooled, preset, prompt_body, FlowGenerator, GeneratorConfig, PooledTextConfig};
 use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{
-    batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, Repeat, Sampling,
+    batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, Repeat, Sampling, training_rows,
     TrainState,
 };
 
@@ -342,6 +342,18 @@ fn pooled_text_path_starts_as_a_no_op_and_pools_like_its_cache() {
     let d = velocity_of(&live, &given).iter().zip(&pooled_from_ids).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(d < 1e-5, "given features differ from pooled ones by {d}");
 
+    // Training rows: kept, prompt-dropped (unconditional tokens, zeros) and token-dropped
+    // (unconditional tokens, the prompt's pooled features).
+    let rows = training_rows(&given, &[false, true], &[false, false]);
+    let h0 = pooled_config().hidden();
+    let rows_t = training_rows(&given, &[false, false], &[false, true]);
+    let all = given.pooled.as_ref().unwrap();
+    assert_eq!(rows.ids[1], given.ids[3]);
+    assert_eq!(rows_t.ids[1], given.ids[3]);
+    assert!(rows.pooled.as_ref().unwrap()[h0..].iter().all(|&v| v == 0.0));
+    assert_eq!(&rows_t.pooled.as_ref().unwrap()[h0..], &all[h0..2 * h0]);
+    assert_eq!(training_rows(&given, &[true, false], &[true, false]).pooled.as_ref().unwrap()[..h0], vec![0.0; h0][..]);
+
     // The pooled rows follow `select` (training runs conditional and dropped rows together).
     let h = pooled_config().hidden();
     let dropped = given.select(&[0, 3]);
@@ -382,6 +394,9 @@ fn training_moves_the_pooled_projection_and_nothing_frozen() {
     assert!(t.step(&bad).unwrap_err().to_string().contains("pooled text values"));
     let mut plain = fresh(settings());
     assert!(plain.step(&with_pooled(0)).unwrap_err().to_string().contains("no pooled_text path"));
+    let mut tokens_only = fresh(FlowTrainConfig { token_dropout: 0.5, ..settings() });
+    assert!(tokens_only.step(&batch_for(0, 4)).unwrap_err().to_string().contains("token dropout needs"));
+    assert!(FlowTrainConfig { token_dropout: 1.0, ..settings() }.validate().is_err());
     let mut zero_layers = pooled_config();
     zero_layers.pooled_text = Some(PooledTextConfig { layers: 0 });
     assert!(zero_layers.validate("config").unwrap_err().to_string().contains("pooled_text.layers"));

@@ -432,10 +432,11 @@ fn pooled_text_path_is_added_to_a_trained_model_and_loads_from_the_gguf() {
 
     // It trains (the projection moves) and resumes, reusing the features of the first run.
     let trained = dir.join("trained");
-    let pooled = ["--pooled-text-layers", "2", "--text-cache", cache.to_str().unwrap()];
+    let pooled = ["--pooled-text-layers", "2", "--text-cache", cache.to_str().unwrap(), "--token-dropout", "0.5"];
     run(train(&data, &trained, &["--steps", "2", "--init-from"]).arg(&source).args(llm).args(pooled));
     run(train(&data, &trained, &["--steps", "3", "--resume"]).args(llm).args(pooled));
     assert_eq!(log_steps(&trained), [1, 2, 3]);
+    assert_eq!(checkpoint_settings(&trained)["token_dropout"], 0.5);
     let w = weights(&trained.join("model/model.safetensors"));
     assert!(w.read_f32("pooled_text_embed.linear_2.weight").unwrap().unwrap().iter().any(|&v| v != 0.0));
 
@@ -458,4 +459,5 @@ fn pooled_text_path_is_added_to_a_trained_model_and_loads_from_the_gguf() {
         assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
     }
     assert_refused(&data, &dir.join("refused"), &["--steps", "1", "--pooled-text-layers", "2"], "--llm-gguf");
+    assert_refused(&data, &dir.join("refused"), &["--steps", "1", "--token-dropout", "0.5"], "needs a pooled text path");
 }

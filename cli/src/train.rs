@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// computed. The features used are kept in OUT/pooled_text_cache.safetensors.
     #[arg(long, requires = "pooled_text_layers")]
     text_cache: Option<PathBuf>,
+    /// Probability of dropping a prompt's tokens while keeping its pooled features (SD3's
+    /// independent dropout per text encoder), so the pooled path learns to carry the prompt alone.
+    #[arg(long, default_value_t = 0.0)]
+    token_dropout: f64,
 }
 
 /// SmolLM2's chat format around the prompt; `<|endoftext|>` then marks the start of the image.
@@ -364,6 +368,9 @@ impl Train {
             Some(path) => Some(llm_from_gguf(path, a.llm_layers, a.pooled_text_layers, &mut config)?),
             None => None,
         };
+        if a.token_dropout > 0.0 && config.pooled_text.is_none() {
+            bail!("--token-dropout needs a pooled text path (--pooled-text-layers K)");
+        }
         config.set_latent_channels(c);
         config.generation.latent_shape = Some(vec![c, h, w]);
         config.validate("config")?;
@@ -402,6 +409,7 @@ impl Train {
             decay,
             sampling,
             repeat,
+            token_dropout: a.token_dropout,
             ..FlowTrainConfig::default()
         };
         settings.schedule().validate(a.steps)?;

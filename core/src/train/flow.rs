@@ -40,6 +40,15 @@ pub struct FlowTrainConfig {
     /// Items to visit more than once per epoch (absent in runs saved before it existed: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repeat: Vec<Repeat>,
+    /// Probability of dropping a kept prompt's tokens (the unconditional row's) while keeping
+    /// its pooled text features: SD3's independent dropout per text encoder, so that the pooled
+    /// path alone must carry the prompt. Absent in runs saved before it existed: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub token_dropout: f64,
+}
+
+fn is_zero(p: &f64) -> bool {
+    *p == 0.0
 }
 
 fn is_constant(d: &Decay) -> bool {
@@ -65,6 +74,7 @@ impl Default for FlowTrainConfig {
             decay: Decay::Constant,
             sampling: Sampling::Image,
             repeat: Vec::new(),
+            token_dropout: 0.0,
         }
     }
 }
@@ -88,6 +98,9 @@ impl FlowTrainConfig {
         }
         if !(0.0..1.0).contains(&self.prompt_dropout) {
             return bad("prompt dropout must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.token_dropout) {
+            return bad("token dropout must be in [0, 1)");
         }
         if !(self.t_mean.is_finite() && self.t_mean.abs() <= 5.0) {
             return bad("timestep mean (logit-normal location) must be in [-5, 5]");
@@ -238,6 +251,22 @@ pub fn velocity_residual<B: Backend>(
     model.velocity(zt, &t1000, &mut cond) - (x - z0)
 }
 
+/// The rows a training step runs from the doubled batch `both`: row `i` conditional, or the
+/// unconditional row where `drop[i]` (prompt dropout), or the unconditional row's tokens with the
+/// conditional row's pooled features where `drop_tokens[i]` (token dropout).
+pub fn training_rows(both: &PromptBatch, drop: &[bool], drop_tokens: &[bool]) -> PromptBatch {
+    let b = both.batch;
+    let rows: Vec<usize> = (0..b).map(|i| if drop[i] || drop_tokens[i] { b + i } else { i }).collect();
+    let mut prompts = both.select(&rows);
+    if let (Some(pooled), Some(all)) = (prompts.pooled.as_mut(), both.pooled.as_ref()) {
+        let d = all.len() / (2 * b);
+        for i in (0..b).filter(|&i| drop_tokens[i] && !drop[i]) {
+            pooled[i * d..(i + 1) * d].copy_from_slice(&all[i * d..(i + 1) * d]);
+        }
+    }
+    prompts
+}
+
 /// One training batch: clean latents `x: [B, c, h, w]` and each row's full prompt ids.
 pub struct FlowBatch {
     pub x: Vec<f32>,
@@ -346,6 +375,9 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
                 return Err(Error::input(format!("{} pooled text values for {b} rows of width {}", p.len(), lc.hidden_size)));
             }
             (Some(_), None) => return Err(Error::input("the batch has pooled text features but the model has no pooled_text path")),
+            (None, _) if self.config.token_dropout > 0.0 => {
+                return Err(Error::input("token dropout needs the batch's pooled text features (a model with pooled_text)"));
+            }
             _ => {}
         }
         if batch.x.iter().any(|v| !v.is_finite()) {
@@ -360,13 +392,15 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
         let t: Vec<f32> = (0..b).map(|_| logit_normal(&mut rng, cfg.t_mean, cfg.t_std)).collect();
         let drop: Vec<bool> = (0..b).map(|_| rng.random::<f64>() < cfg.prompt_dropout).collect();
         let z0 = crate::noise::gaussian(rng.random::<u64>(), b * c * h * w);
+        // Drawn after everything else, so runs without it keep their random stream.
+        let drop_tokens: Vec<bool> =
+            (0..b).map(|i| cfg.token_dropout > 0.0 && rng.random::<f64>() < cfg.token_dropout && !drop[i]).collect();
 
         let mut both = PromptBatch::new(&batch.prompts, self.pad_id)?;
         if let Some(p) = &batch.pooled {
             both = both.with_pooled(p.clone())?;
         }
-        let rows: Vec<usize> = (0..b).map(|i| if drop[i] { b + i } else { i }).collect();
-        let prompts = both.select(&rows);
+        let prompts = training_rows(&both, &drop, &drop_tokens);
         let dev = &self.device;
         let x = Tensor::<AB, 4>::from_data(TensorData::new(batch.x.clone(), batch.dims), dev);
         let z0 = Tensor::<AB, 4>::from_data(TensorData::new(z0, batch.dims), dev);
