@@ -9,7 +9,7 @@ use rfgen_core::sampler::{PromptBatch, VelocityModel};
 use rfgen_core::structured::{mean_pooled, preset, prompt_body, FlowGenerator, GeneratorConfig, PooledTextConfig};
 use rfgen_core::tokenizer::PromptTokenizer;
 use rfgen_core::train::{
-    batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, ParamFilter, Repeat, Sampling, training_rows,
+    batch_groups, batch_items, export_weights, AdamW, AdamWConfig, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, LrScale, ParamFilter, Repeat, Sampling, training_rows,
     TrainState,
 };
 
@@ -280,6 +280,54 @@ fn settings_without_a_decay_are_constant() {
     let repeated = FlowTrainConfig { repeat: vec![Repeat::parse("flag of=4").unwrap()], ..settings() };
     assert_eq!(json_of(&repeated)["repeat"][0]["times"], 4);
     assert_eq!(serde_json::from_value::<FlowTrainConfig>(json_of(&repeated)).unwrap(), repeated);
+}
+
+/// `--lr-scale PREFIX=F`: Adam's first step moves every weight by about the learning rate (the
+/// update is m̂/√v̂ = ±1), so the scaled group moves F times as far as the rest and nothing else
+/// changes; unknown prefixes and bad factors are errors, and old settings have no multipliers.
+#[test]
+fn lr_scale_multiplies_the_step_of_its_group_only() {
+    let lr = 1e-3;
+    let plain = FlowTrainConfig { lr, warmup: 0, grad_clip: None, ..settings() };
+    let scaled = FlowTrainConfig { lr_scale: vec![LrScale::parse("gen_dec.=5").unwrap()], ..plain.clone() };
+    let largest_move = |config: FlowTrainConfig| {
+        let mut t = fresh(config);
+        let before = t.weights();
+        t.step(&batch_for(0, 4)).unwrap();
+        let after = t.weights();
+        let mut moves: Vec<(String, f32)> = Vec::new();
+        for n in before.names() {
+            let (a, b) = (before.read_f32(n).unwrap().unwrap(), after.read_f32(n).unwrap().unwrap());
+            moves.push((n.to_string(), a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)));
+        }
+        moves
+    };
+    let (a, b) = (largest_move(plain), largest_move(scaled));
+    let mut groups = 0;
+    for ((name, da), (_, db)) in a.iter().zip(&b) {
+        if name.starts_with("language_model.") {
+            continue; // stage 1: frozen
+        }
+        let want = if name.starts_with("gen_dec.") { 5.0 * da } else { *da };
+        assert!((db - want).abs() <= 0.02 * want + 1e-7, "{name}: moved {db}, expected {want}");
+        if *da > 0.5 * lr as f32 && name.starts_with("gen_dec.") {
+            groups += 1;
+        }
+    }
+    assert!(groups > 0, "no gen_dec parameter moved");
+
+    let device = Default::default();
+    let vb = VarBuilder::<B>::random(1, &device);
+    let model = FlowGenerator::build(&vb, &tiny_config());
+    let typo = FlowTrainConfig { lr_scale: vec![LrScale::parse("gen_deck.=5").unwrap()], ..settings() };
+    let err = FlowTrainer::new(model, vb.param_keys(), typo, 0, &device).err().expect("unknown prefix refused");
+    assert!(err.to_string().contains("no parameter key starts with \"gen_deck.\""), "{err}");
+    for bad in ["gen_dec.", "=2", "gen_dec.=0", "gen_dec.=-1", "gen_dec.=nan", "gen_dec.=1e9"] {
+        assert!(LrScale::parse(bad).is_err(), "{bad} accepted");
+    }
+    assert!(json_of(&settings()).get("lr_scale").is_none());
+    let with = FlowTrainConfig { lr_scale: vec![LrScale::parse("gen_dec.=5").unwrap()], ..settings() };
+    assert_eq!(serde_json::from_value::<FlowTrainConfig>(json_of(&with)).unwrap(), with);
 }
 
 fn json_of(c: &FlowTrainConfig) -> serde_json::Value {

@@ -21,7 +21,7 @@ use rfgen_core::gguf;
 use rfgen_core::llama::Llama;
 use rfgen_core::structured::{feature_stats, preset, prompt_body, FlowGenerator, GeneratorConfig, LlmGguf, PooledTextConfig, UNUSED_PREFIXES};
 use rfgen_core::tokenizer::PromptTokenizer;
-use rfgen_core::train::{batch_groups, step_rng, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, Repeat, Sampling, TrainState, STATE_FILES};
+use rfgen_core::train::{batch_groups, step_rng, Decay, FlowBatch, FlowTrainConfig, FlowTrainer, LrScale, Repeat, Sampling, TrainState, STATE_FILES};
 
 use crate::output::{grid, write_png};
 use crate::progress::{status, status_done};
@@ -76,6 +76,10 @@ pub struct TrainArgs {
     /// largest K).
     #[arg(long = "repeat", value_name = "TEXT=K")]
     repeat: Vec<String>,
+    /// Train the parameters whose checkpoint key starts with PREFIX at F × the learning rate,
+    /// e.g. --lr-scale "pooled_text_embed.=10" (a path added to a trained model); repeatable.
+    #[arg(long = "lr-scale", value_name = "PREFIX=F")]
+    lr_scale: Vec<String>,
     #[arg(long, default_value_t = 0.1)]
     prompt_dropout: f64,
     /// Timesteps are drawn as t = sigmoid(N(--t-mean, --t-std)) (logit-normal; t = 0 is pure
@@ -410,6 +414,7 @@ impl Train {
             sampling,
             repeat,
             token_dropout: a.token_dropout,
+            lr_scale: a.lr_scale.iter().map(|s| LrScale::parse(s).context("--lr-scale")).collect::<Result<Vec<_>>>()?,
             ..FlowTrainConfig::default()
         };
         settings.schedule().validate(a.steps)?;

@@ -37,6 +37,11 @@ impl ParamKeys {
         self.by_id.len()
     }
 
+    /// Every parameter's checkpoint key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.by_id.values().map(|(k, _)| k.as_str())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

@@ -308,20 +308,24 @@ impl<B: Backend> FlowGenerator<B> {
                 let d = values.len() / rows.max(1);
                 Tensor::<B, 2>::from_data(TensorData::new(values.clone(), [rows, d]), device)
             }
-            None => {
-                let llm = self.pooled_text_model.as_ref()?;
-                let p = batch.prefix_len();
-                let seqs: Vec<Vec<u32>> = (0..rows)
-                    .map(|r| {
-                        let visible = (0..p).filter(|&j| batch.prefix_visible[r][j]).map(|j| batch.ids[r][j]);
-                        visible.chain(std::iter::once(batch.ids[r][p])).collect()
-                    })
-                    .collect();
-                let bodies: Vec<&[u32]> = seqs.iter().map(|s| prompt_body(s)).collect();
-                mean_pooled(llm, &bodies, device)
-            }
+            None => self.pool_prompts(batch, device)?,
         };
         Some(embed.forward(features))
+    }
+
+    /// The raw pooled text features `[rows, D]` of a batch's visible tokens between BOS and the
+    /// begin-of-generation tag (zeros for unconditional rows); `None` without a pooled path.
+    pub fn pool_prompts(&self, batch: &PromptBatch, device: &B::Device) -> Option<Tensor<B, 2>> {
+        let llm = self.pooled_text_model.as_ref()?;
+        let p = batch.prefix_len();
+        let seqs: Vec<Vec<u32>> = (0..batch.ids.len())
+            .map(|r| {
+                let visible = (0..p).filter(|&j| batch.prefix_visible[r][j]).map(|j| batch.ids[r][j]);
+                visible.chain(std::iter::once(batch.ids[r][p])).collect()
+            })
+            .collect();
+        let bodies: Vec<&[u32]> = seqs.iter().map(|s| prompt_body(s)).collect();
+        Some(mean_pooled(llm, &bodies, device))
     }
 }
 

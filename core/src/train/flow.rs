@@ -45,6 +45,34 @@ pub struct FlowTrainConfig {
     /// path alone must carry the prompt. Absent in runs saved before it existed: 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub token_dropout: f64,
+    /// Learning-rate multipliers by parameter-key prefix, e.g. a newly added path trained faster
+    /// than the rest (absent in runs saved before it existed: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_scale: Vec<LrScale>,
+}
+
+/// Parameters whose checkpoint key starts with `prefix` train at `factor` × the learning rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrScale {
+    pub prefix: String,
+    pub factor: f64,
+}
+
+impl LrScale {
+    /// `PREFIX=F`, e.g. `pooled_text_embed.=10` (F in (0, 1000]).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |m: String| Err(Error::input(m));
+        let Some((prefix, f)) = s.rsplit_once('=') else {
+            return bad(format!("{s:?}: expected PREFIX=F, e.g. \"pooled_text_embed.=10\""));
+        };
+        if prefix.trim().is_empty() {
+            return bad(format!("{s:?}: the parameter-key prefix is empty"));
+        }
+        match f.trim().parse::<f64>() {
+            Ok(factor) if factor.is_finite() && factor > 0.0 && factor <= 1000.0 => Ok(Self { prefix: prefix.trim().to_string(), factor }),
+            _ => bad(format!("{s:?}: F must be a number in (0, 1000]")),
+        }
+    }
 }
 
 fn is_zero(p: &f64) -> bool {
@@ -75,6 +103,7 @@ impl Default for FlowTrainConfig {
             sampling: Sampling::Image,
             repeat: Vec::new(),
             token_dropout: 0.0,
+            lr_scale: Vec::new(),
         }
     }
 }
@@ -101,6 +130,9 @@ impl FlowTrainConfig {
         }
         if !(0.0..1.0).contains(&self.token_dropout) {
             return bad("token dropout must be in [0, 1)");
+        }
+        if let Some(s) = self.lr_scale.iter().find(|s| !(s.factor.is_finite() && s.factor > 0.0 && s.factor <= 1000.0)) {
+            return Err(Error::input(format!("learning-rate multiplier of {:?} must be in (0, 1000], got {}", s.prefix, s.factor)));
         }
         if !(self.t_mean.is_finite() && self.t_mean.abs() <= 5.0) {
             return bad("timestep mean (logit-normal location) must be in [-5, 5]");
@@ -286,6 +318,16 @@ pub struct StepStats {
     pub stage: u8,
 }
 
+/// A learning-rate multiplier whose prefix names no parameter is a mistake, not a no-op.
+fn check_lr_scale(config: &FlowTrainConfig, keys: &ParamKeys) -> Result<()> {
+    for s in &config.lr_scale {
+        if !keys.keys().any(|k| k.starts_with(s.prefix.as_str())) {
+            return Err(Error::input(format!("learning-rate multiplier: no parameter key starts with {:?}", s.prefix)));
+        }
+    }
+    Ok(())
+}
+
 /// Trains a [`FlowGenerator`] with the velocity loss `‖v(z_t, t) − (x − z0)‖²`, `z_t = t·x + (1−t)·z0`.
 pub struct FlowTrainer<AB: AutodiffBackend> {
     model: Option<FlowGenerator<AB>>,
@@ -303,6 +345,7 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
     /// `keys` from the `VarBuilder` that built `model`.
     pub fn new(model: FlowGenerator<AB>, keys: ParamKeys, config: FlowTrainConfig, pad_id: u32, device: &AB::Device) -> Result<Self> {
         config.validate()?;
+        check_lr_scale(&config, &keys)?;
         let ema = Ema::new(config.ema_decay);
         let optim = AdamW::new(config.adamw());
         let mut t = Self { model: Some(model), keys, optim, ema, config, step: 0, pad_id, stage: 0, device: device.clone() };
@@ -335,6 +378,8 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
     ) -> Result<Self> {
         let config: FlowTrainConfig = serde_json::from_value(state.settings.clone())
             .map_err(|e| Error::input(format!("checkpoint state.json: bad settings: {e}")))?;
+        config.validate()?;
+        check_lr_scale(&config, &keys)?;
         let layout: Vec<_> = float_params(&model, &keys).into_iter().map(|(_, k, t, s, _)| (k, t, s)).collect();
         let ema = Ema::load(config.ema_decay, ema, &layout, device)?;
         let optim = AdamW::load_state(config.adamw(), state.step, optim, device)?;
@@ -361,7 +406,8 @@ impl<AB: AutodiffBackend> FlowTrainer<AB> {
         if stage == 1 {
             frozen.push("language_model.".into());
         }
-        ParamFilter { frozen }
+        let lr_scale = self.config.lr_scale.iter().map(|s| (s.prefix.clone(), s.factor)).collect();
+        ParamFilter { frozen, lr_scale }
     }
 
     /// One optimizer update on `batch`.

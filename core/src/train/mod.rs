@@ -9,7 +9,7 @@ mod schedule;
 mod state;
 
 pub use ema::Ema;
-pub use flow::{batch_groups, batch_items, step_rng, training_rows, velocity_residual, FlowBatch, FlowTrainConfig, FlowTrainer, Repeat, Sampling, StepStats};
+pub use flow::{batch_groups, batch_items, step_rng, training_rows, velocity_residual, FlowBatch, FlowTrainConfig, FlowTrainer, LrScale, Repeat, Sampling, StepStats};
 pub use optim::set_trainable;
 pub use optim::{AdamW, AdamWConfig};
 pub use params::{export_weights, float_params, ParamFilter};

@@ -78,6 +78,7 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB> {
         let dims = tensor.dims();
         let n = dims.iter().product::<usize>();
         let c = self.opt.config;
+        let lr = self.lr * self.filter.lr_factor(&key);
         let t = self.opt.steps as i32 + 1;
         let g = grad.reshape([n]).mul_scalar(self.grad_scale);
         let p = tensor.inner().reshape([n]);
@@ -86,7 +87,7 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB> {
         let v = v.mul_scalar(c.beta2) + g.powf_scalar(2.0).mul_scalar(1.0 - c.beta2);
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         let denom = v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
-        let p = p.mul_scalar(1.0 - self.lr * c.weight_decay) - m.clone().div_scalar(bc1).div(denom).mul_scalar(self.lr);
+        let p = p.mul_scalar(1.0 - lr * c.weight_decay) - m.clone().div_scalar(bc1).div(denom).mul_scalar(lr);
         self.opt.moments.insert(key, (m, v));
         let new = Tensor::<AB, D>::from_inner(p.reshape(dims)).require_grad();
         Param::from_mapped_value(id, new, mapper)

@@ -3,15 +3,23 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::checkpoint::{ParamKeys, Weights};
 
-/// Which parameters train: every parameter whose key starts with one of `frozen` is left as is.
+/// Which parameters train, and how fast: every parameter whose key starts with one of `frozen`
+/// is left as is; one whose key starts with a prefix in `lr_scale` steps at that multiple of the
+/// learning rate (PyTorch's parameter groups; the first matching prefix wins).
 #[derive(Debug, Clone, Default)]
 pub struct ParamFilter {
     pub frozen: Vec<String>,
+    pub lr_scale: Vec<(String, f64)>,
 }
 
 impl ParamFilter {
     pub fn trains(&self, key: &str) -> bool {
         !self.frozen.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// The learning-rate multiplier of the parameter `key` (1 unless a prefix matches).
+    pub fn lr_factor(&self, key: &str) -> f64 {
+        self.lr_scale.iter().find(|(p, _)| key.starts_with(p.as_str())).map_or(1.0, |(_, f)| *f)
     }
 }
 
