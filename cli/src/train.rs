@@ -77,7 +77,7 @@ pub struct TrainArgs {
     #[arg(long = "repeat", value_name = "TEXT=K")]
     repeat: Vec<String>,
     /// Train the parameters whose checkpoint key starts with PREFIX at F × the learning rate,
-    /// e.g. --lr-scale "pooled_text_embed.=10" (a path added to a trained model); repeatable.
+    /// e.g. --lr-scale "pooled_text_embed.=3" (a path added to a trained model); repeatable.
     #[arg(long = "lr-scale", value_name = "PREFIX=F")]
     lr_scale: Vec<String>,
     #[arg(long, default_value_t = 0.1)]

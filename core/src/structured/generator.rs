@@ -315,7 +315,7 @@ impl<B: Backend> FlowGenerator<B> {
 
     /// The raw pooled text features `[rows, D]` of a batch's visible tokens between BOS and the
     /// begin-of-generation tag (zeros for unconditional rows); `None` without a pooled path.
-    pub fn pool_prompts(&self, batch: &PromptBatch, device: &B::Device) -> Option<Tensor<B, 2>> {
+    fn pool_prompts(&self, batch: &PromptBatch, device: &B::Device) -> Option<Tensor<B, 2>> {
         let llm = self.pooled_text_model.as_ref()?;
         let p = batch.prefix_len();
         let seqs: Vec<Vec<u32>> = (0..batch.ids.len())

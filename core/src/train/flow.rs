@@ -69,9 +69,13 @@ impl LrScale {
             return bad(format!("{s:?}: the parameter-key prefix is empty"));
         }
         match f.trim().parse::<f64>() {
-            Ok(factor) if factor.is_finite() && factor > 0.0 && factor <= 1000.0 => Ok(Self { prefix: prefix.trim().to_string(), factor }),
+            Ok(factor) if Self::factor_ok(factor) => Ok(Self { prefix: prefix.trim().to_string(), factor }),
             _ => bad(format!("{s:?}: F must be a number in (0, 1000]")),
         }
+    }
+
+    fn factor_ok(factor: f64) -> bool {
+        factor.is_finite() && factor > 0.0 && factor <= 1000.0
     }
 }
 
@@ -131,7 +135,7 @@ impl FlowTrainConfig {
         if !(0.0..1.0).contains(&self.token_dropout) {
             return bad("token dropout must be in [0, 1)");
         }
-        if let Some(s) = self.lr_scale.iter().find(|s| !(s.factor.is_finite() && s.factor > 0.0 && s.factor <= 1000.0)) {
+        if let Some(s) = self.lr_scale.iter().find(|s| !LrScale::factor_ok(s.factor)) {
             return Err(Error::input(format!("learning-rate multiplier of {:?} must be in (0, 1000], got {}", s.prefix, s.factor)));
         }
         if !(self.t_mean.is_finite() && self.t_mean.abs() <= 5.0) {
