@@ -186,9 +186,38 @@ fn real_sources_when_fetched() {
     assert_eq!((r["split"].as_str(), r["n"].as_u64(), r["candidates"].as_u64()), (Some("heldout"), Some(3), Some(10)), "{r}");
     assert!(r["proxy_real_top1"].as_f64().unwrap() > 0.5 && r["proxy_gen_top5"].as_f64().is_some(), "{r}");
     assert!(r["proxy_scorer"].as_str().unwrap().ends_with("models/proxy-clip"), "{r}");
+    // Best-of-N reranking: draw 0 is the plain run's image, the scored image is the reranker's
+    // pick, and the judge's rank of every draw is reported.
+    let plain = r.clone();
+    let scorer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/proxy-clip");
+    let json = dir.join("best-of.json");
+    let o = Command::new(BIN)
+        .args(["eval", "proxy-clip", "--prompts", "heldout", "--n", "3", "--candidates", "10", "--steps", "2", "--batch", "3", "--best-of", "2"])
+        .arg("--reranker")
+        .arg(&scorer)
+        .arg("--out")
+        .arg(&json)
+        .env("RFGEN_DATA", &built)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--reranker") && stderr(&o).contains("not trained on the training split only"), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["generator"]["best_of"], 2, "{r}");
+    for (it, p) in r["items"].as_array().unwrap().iter().zip(plain["items"].as_array().unwrap()) {
+        let draws = it["proxy_draw_ranks"].as_array().unwrap();
+        assert_eq!(draws.len(), 2, "{it}");
+        assert_eq!(draws[0], p["proxy_gen_rank"], "draw 0 is the plain draw: {it} {p}");
+        assert_eq!(it["proxy_gen_rank"], draws[it["reranker_pick"].as_u64().unwrap() as usize], "{it}");
+    }
+    for (args, err) in [(&["--best-of", "2"][..], "needs --reranker"), (&["--best-of", "0"][..], "at least 1")] {
+        let o = Command::new(BIN).args(["eval", "proxy-clip"]).args(args).output().unwrap();
+        assert!(!o.status.success() && stderr(&o).contains(err), "{args:?}: {}", stderr(&o));
+    }
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--reranker"]).arg(&scorer).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("needs --best-of"), "{}", stderr(&o));
     // The copy-the-nearest-training-image baseline. With the shipped scorer (which saw every image)
     // as the chooser, training captions find their own images or their skin-tone siblings.
-    let scorer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/proxy-clip");
     let json = dir.join("nearest.json");
     let o = Command::new(BIN)
         .args(["eval", "proxy-clip", "--prompts", "train", "--n", "6", "--candidates", "20", "--data"])

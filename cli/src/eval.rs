@@ -16,7 +16,8 @@ use rfgen_backends::{BackendKind, BackendTask, TrainTask};
 use rfgen_core::checkpoint::StoredDtype;
 use rfgen_core::data::{load_dir, Dataset, Split};
 use rfgen_core::eval::{
-    best_matches, candidate_sets, feature_stats, load_scorer_dir, pick_items, retrieval, scorer_weights, ProxyClipConfig, ProxyClipTrainer,
+    best_draws, best_matches, candidate_sets, feature_stats, load_scorer_dir, pick_items, retrieval, scorer_weights, stats_of, top_k, ProxyClipConfig,
+    ProxyClipTrainer,
     ProxyScorer, ProxyTextEncoder, ProxyTrainConfig, ProxyTrainData, RetrievalStats, TextFeatureSpec, TextFeatures,
     SCORER_CONFIG, SCORER_WEIGHTS, TEXT_CACHE,
 };
@@ -29,6 +30,8 @@ use crate::progress::{status, status_done};
 
 /// The GGUF whose first layers give the proxy scorer's text features.
 const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Most draws per caption for best-of-N reranking (each costs a full generation).
+const MAX_BEST_OF: usize = 64;
 /// Log of a proxy training run, in its output directory.
 const TRAIN_LOG: &str = "proxy_train_log.jsonl";
 
@@ -157,6 +160,14 @@ pub struct ProxyEvalArgs {
     /// `eval proxy-clip-train --only-split train`, which has not seen the held-out images.
     #[arg(long, value_name = "SCORER_DIR", conflicts_with_all = ["model", "vae", "real_only", "steps", "cfg", "shift", "grid"])]
     nearest_train: Option<PathBuf>,
+    /// Best-of-N reranking: draw N images per caption (noise seeds --seed, --seed+1, …) and score
+    /// the one the --reranker scorer matches best with its caption.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["nearest_train", "real_only"])]
+    best_of: usize,
+    /// The scorer that picks among --best-of draws; train it with `eval proxy-clip-train
+    /// --only-split train`, so that it has never seen a held-out image.
+    #[arg(long, value_name = "SCORER_DIR", conflicts_with_all = ["nearest_train", "real_only"])]
+    reranker: Option<PathBuf>,
     /// Write the results as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -190,6 +201,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 GenerationConfig::default().sample_config(a.steps, a.cfg, a.shift).validate()?;
                 if a.batch == 0 {
                     bail!("--batch must be at least 1");
+                }
+                match (a.best_of, &a.reranker) {
+                    (0, _) => bail!("--best-of must be at least 1"),
+                    (n, _) if n > MAX_BEST_OF => bail!("--best-of {n} is more than the {MAX_BEST_OF} draws per caption rfgen allows"),
+                    (1, Some(_)) => bail!("--reranker needs --best-of N with N ≥ 2 (it picks among N draws)"),
+                    (n, None) if n > 1 => bail!("--best-of {n} needs --reranker SCORER_DIR (the scorer that picks among the draws)"),
+                    (_, Some(d)) if !d.is_dir() => bail!("--reranker: scorer directory {} does not exist", d.display()),
+                    _ => {}
                 }
             }
             if let Some(path) = &a.out {
@@ -640,8 +659,12 @@ impl EvalProxy {
             Some(dir) => Some(nearest_train::<B>(&data, &scored.items, dir, a.llm_gguf.as_deref(), device)?),
             None => Some(self.generate::<B>(&data, &scored.items, device)?),
         };
+        let gen = match gen {
+            Some(d) if d.draws.len() > 1 => Some(self.rerank::<B>(&data, &scored, &scorer, d, device)?),
+            g => g,
+        };
         let mut items = Vec::new();
-        if let Some(Drawn { images, side, secs, generator, picks }) = &gen {
+        if let Some(Drawn { images, side, secs, generator, picks, reranked, .. }) = &gen {
             let stats = scored.rank(&scorer.embed_images(images, *side), dim)?;
             let ratio = |g: f64, r: f64| if r > 0.0 { serde_json::json!(g / r) } else { serde_json::Value::Null };
             let obj = report.as_object_mut().expect("object");
@@ -668,6 +691,10 @@ impl EvalProxy {
                 if let Some(p) = picks {
                     row["nearest_train_id"] = data.items[p[k]].id.clone().into();
                     row["nearest_train_caption"] = data.items[p[k]].captions[0].clone().into();
+                }
+                if let Some(r) = reranked {
+                    row["proxy_draw_ranks"] = r.draw_ranks.iter().map(|d| d[k]).collect::<Vec<_>>().into();
+                    row["reranker_pick"] = r.picks[k].into();
                 }
                 items.push(row);
             }
@@ -715,28 +742,74 @@ impl EvalProxy {
         let config = pipe.generation.sample_config(a.steps, a.cfg, a.shift);
         config.validate()?;
         let start = Instant::now();
-        let mut images = Vec::with_capacity(items.len());
+        let mut draws = Vec::new();
         let mut side = 0;
-        for (chunk_idx, chunk) in items.chunks(a.batch).enumerate() {
-            let lo = chunk_idx * a.batch;
-            let mut z = Vec::with_capacity(chunk.len() * c * hw[0] * hw[1]);
-            for &i in chunk {
-                let seed = a.seed ^ rfgen_core::data::fnv1a64(data.items[i].id.as_bytes());
-                z.extend(rfgen_core::noise::gaussian(seed, c * hw[0] * hw[1]));
+        for draw in 0..a.best_of as u64 {
+            let mut images = Vec::with_capacity(items.len());
+            for (chunk_idx, chunk) in items.chunks(a.batch).enumerate() {
+                let lo = chunk_idx * a.batch;
+                let mut z = Vec::with_capacity(chunk.len() * c * hw[0] * hw[1]);
+                for &i in chunk {
+                    let seed = a.seed.wrapping_add(draw) ^ rfgen_core::data::fnv1a64(data.items[i].id.as_bytes());
+                    z.extend(rfgen_core::noise::gaussian(seed, c * hw[0] * hw[1]));
+                }
+                let z0 = Tensor::<B, 4>::from_data(TensorData::new(z, [chunk.len(), c, hw[0], hw[1]]), device);
+                let out = pipe.generate(&ids[lo..lo + chunk.len()], z0, &config, |_| {})?;
+                let (rgb, s) = to_rgb_images(out.images.unwrap_or(out.z1))?;
+                side = s;
+                images.extend(rgb);
+                status(format_args!("generated {}/{} images, draw {} ({:.1}s)   ", images.len(), items.len(), draw + 1, start.elapsed().as_secs_f64()));
             }
-            let z0 = Tensor::<B, 4>::from_data(TensorData::new(z, [chunk.len(), c, hw[0], hw[1]]), device);
-            let out = pipe.generate(&ids[lo..lo + chunk.len()], z0, &config, |_| {})?;
-            let (rgb, s) = to_rgb_images(out.images.unwrap_or(out.z1))?;
-            side = s;
-            images.extend(rgb);
-            status(format_args!("generated {}/{} images ({:.1}s)   ", images.len(), items.len(), start.elapsed().as_secs_f64()));
+            draws.push(images);
         }
         status_done();
+        let images = if draws.len() == 1 { draws.pop().expect("one draw") } else { draws[0].clone() };
         let secs = start.elapsed().as_secs_f64();
         let generator = serde_json::json!({"model": model.display().to_string(),
             "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": config.steps, "cfg": config.cfg, "shift": config.shift,
             "seed": a.seed, "image_size": side, "seconds": secs});
-        Ok(Drawn { images, side, secs, generator, picks: None })
+        Ok(Drawn { images, side, secs, generator, picks: None, draws, reranked: None })
+    }
+
+    /// Best-of-N: for each item, the draw the --reranker scorer matches best with its caption. The
+    /// judge's ranks of every draw go to the report too (each draw alone, and the judge's own pick
+    /// as an upper bound no generator can use).
+    fn rerank<B: Backend>(&self, data: &Dataset, scored: &Scored, judge: &ProxyScorer<B>, mut drawn: Drawn, device: &B::Device) -> Result<Drawn> {
+        let a = &self.args;
+        let dir = a.reranker.as_ref().expect("--best-of requires --reranker");
+        let judge_dim = judge.config.embed_dim;
+        let draw_ranks: Vec<Vec<usize>> = drawn
+            .draws
+            .iter()
+            .map(|set| Ok(scored.rank(&judge.embed_images(set, drawn.side), judge_dim)?.ranks))
+            .collect::<Result<_>>()?;
+        let (config, weights) = load_scorer_dir(dir)?;
+        warn_unless_train_only(&config, "--reranker", dir);
+        let reranker = ProxyScorer::<B>::load(&weights, &config, device)?;
+        let captions: Vec<String> = scored.items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
+        let cache = scorer_features::<B>(dir, &config.text, &captions, a.llm_gguf.as_deref(), device)?;
+        let text_emb = reranker.embed_text_features(&cache.rows(&captions)?);
+        let image_emb: Vec<Vec<f32>> = drawn.draws.iter().map(|set| reranker.embed_images(set, drawn.side)).collect();
+        let picks = best_draws(&text_emb, &image_emb, config.embed_dim)?;
+        drawn.images = picks.iter().enumerate().map(|(k, &j)| drawn.draws[j][k].clone()).collect();
+
+        let n = scored.items.len();
+        let per_draw: Vec<f64> = draw_ranks.iter().map(|r| top_k(r, 1)).collect();
+        let best = stats_of((0..n).map(|k| draw_ranks.iter().map(|r| r[k]).min().unwrap_or(0)).collect());
+        println!(
+            "best-of-{}: each draw alone top-1 {}; the judge's own pick (an upper bound) top-1 {:.3}",
+            drawn.draws.len(),
+            per_draw.iter().map(|t| format!("{t:.3}")).collect::<Vec<_>>().join(" "),
+            best.top1
+        );
+        let g = &mut drawn.generator;
+        g["best_of"] = drawn.draws.len().into();
+        g["reranker"] = dir.display().to_string().into();
+        g["reranker_trained_on"] = trained_on(&config);
+        g["proxy_draw_top1"] = per_draw.into();
+        g["proxy_judge_pick_top1"] = best.top1.into();
+        drawn.reranked = Some(Reranked { picks, draw_ranks });
+        Ok(drawn)
     }
 }
 
@@ -749,6 +822,17 @@ struct Drawn {
     generator: serde_json::Value,
     /// For the nearest-training-image baseline: the dataset item copied for each scored item.
     picks: Option<Vec<usize>>,
+    /// With --best-of N: every draw's images, `[draw][item]` (`images` is then the reranker's pick).
+    draws: Vec<Vec<Vec<u8>>>,
+    reranked: Option<Reranked>,
+}
+
+/// What best-of-N reranking chose, and how the judge ranked every draw.
+struct Reranked {
+    /// The draw the reranker picked, per item.
+    picks: Vec<usize>,
+    /// The judge's rank of each draw's image, `[draw][item]`.
+    draw_ranks: Vec<Vec<usize>>,
 }
 
 /// The copy-the-nearest-training-image baseline: for each item's first caption, the training-split
@@ -756,10 +840,7 @@ struct Drawn {
 fn nearest_train<B: Backend>(data: &Dataset, items: &[usize], dir: &Path, llm_gguf: Option<&Path>, device: &B::Device) -> Result<Drawn> {
     let start = Instant::now();
     let (config, weights) = load_scorer_dir(dir)?;
-    let trained_on = config.training.as_ref().and_then(|t| t.get("splits")).cloned().unwrap_or_default();
-    if !trained_on.as_str().is_some_and(|s| s.starts_with("train only")) {
-        eprintln!("warning: --nearest-train {} was not trained on the training split only ({trained_on}); its choices may have seen the held-out images", dir.display());
-    }
+    warn_unless_train_only(&config, "--nearest-train", dir);
     let scorer = ProxyScorer::<B>::load(&weights, &config, device)?;
     let captions: Vec<String> = items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
     let cache = scorer_features::<B>(dir, &config.text, &captions, llm_gguf, device)?;
@@ -774,8 +855,21 @@ fn nearest_train<B: Backend>(data: &Dataset, items: &[usize], dir: &Path, llm_gg
     let images = picks.iter().map(|&j| data.image(j).to_vec()).collect();
     let secs = start.elapsed().as_secs_f64();
     let generator = serde_json::json!({"kind": "nearest training image", "chooser": dir.display().to_string(),
-        "chooser_trained_on": trained_on, "pool": pool.len(), "image_size": data.size, "seconds": secs});
-    Ok(Drawn { images, side: data.size, secs, generator, picks: Some(picks) })
+        "chooser_trained_on": trained_on(&config), "pool": pool.len(), "image_size": data.size, "seconds": secs});
+    Ok(Drawn { images, side: data.size, secs, generator, picks: Some(picks), draws: Vec::new(), reranked: None })
+}
+
+/// Which splits a scorer was trained on, as its config records it.
+fn trained_on(config: &ProxyClipConfig) -> serde_json::Value {
+    config.training.as_ref().and_then(|t| t.get("splits")).cloned().unwrap_or_default()
+}
+
+/// A scorer that picks images for held-out captions should not have seen the held-out images.
+fn warn_unless_train_only(config: &ProxyClipConfig, flag: &str, dir: &Path) {
+    let splits = trained_on(config);
+    if !splits.as_str().is_some_and(|s| s.starts_with("train only")) {
+        eprintln!("warning: {flag} {} was not trained on the training split only ({splits}); its choices may have seen the held-out images", dir.display());
+    }
 }
 
 fn fmt_ratio(g: f64, r: f64) -> String {

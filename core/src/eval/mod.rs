@@ -26,7 +26,7 @@ pub use proxy_clip::{
     feature_stats, image_input, scorer_weights, standardize, ProxyClip, ProxyClipConfig, ProxyScorer, TextFeatureSpec,
     PROXY_CLIP_KIND,
 };
-pub use retrieval::{best_matches, candidate_sets, pick_items, retrieval, split_representatives, RetrievalStats};
+pub use retrieval::{best_draws, best_matches, candidate_sets, pick_items, retrieval, split_representatives, stats_of, top_k, RetrievalStats};
 pub use text::{pooled_features, ProxyTextEncoder, TextFeatures};
 pub use train::{ProxyClipTrainer, ProxyStepStats, ProxyTrainConfig, ProxyTrainData};
 

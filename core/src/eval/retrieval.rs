@@ -191,6 +191,34 @@ pub fn best_matches(queries: &[f32], keys: &[f32], dim: usize) -> Result<Vec<usi
         .collect())
 }
 
+/// Best-of-N reranking: `queries` is `[n, dim]` (one caption per item) and `draws[j]` the `[n, dim]`
+/// image embeddings of draw `j`; for each item, the draw whose image scores highest with its
+/// caption (the first on ties; NaN never wins).
+pub fn best_draws(queries: &[f32], draws: &[Vec<f32>], dim: usize) -> Result<Vec<usize>> {
+    if dim == 0 || queries.len() % dim != 0 || draws.is_empty() || draws.iter().any(|d| d.len() != queries.len()) {
+        return Err(Error::input(format!(
+            "best_draws: {} draws of {} caption values are not matching rows of dimension {dim}",
+            draws.len(),
+            queries.len()
+        )));
+    }
+    let dot = |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
+    Ok(queries
+        .chunks(dim)
+        .enumerate()
+        .map(|(k, q)| {
+            let mut best = (0, f32::NEG_INFINITY);
+            for (j, d) in draws.iter().enumerate() {
+                let s = dot(q, &d[k * dim..(k + 1) * dim]);
+                if s > best.1 {
+                    best = (j, s);
+                }
+            }
+            best.0
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +265,18 @@ mod tests {
         assert!(family_in_prefix < 8, "{family_in_prefix} of the first 26 items are one family");
         let runs = order.windows(2).filter(|w| flag(w[0]) && flag(w[1])).count();
         assert!(runs < 10, "{runs} family members directly follow one another");
+    }
+
+    #[test]
+    fn best_draws_picks_per_item_and_rejects_bad_shapes() {
+        // Two items, dim 2; item 0 matches draw 1 best, item 1 draw 0; a NaN draw never wins.
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let draws = vec![vec![0.2, 0.0, 0.0, 0.9], vec![0.8, 0.1, 0.0, 0.5], vec![f32::NAN, 0.0, f32::NAN, 0.0]];
+        assert_eq!(best_draws(&q, &draws, 2).unwrap(), vec![1, 0]);
+        // Ties go to the first draw.
+        assert_eq!(best_draws(&q, &[vec![0.5; 4], vec![0.5; 4]], 2).unwrap(), vec![0, 0]);
+        assert!(best_draws(&q, &[], 2).is_err());
+        assert!(best_draws(&q, &[vec![0.0; 2]], 2).is_err());
+        assert!(best_draws(&q, &draws, 0).is_err());
     }
 }
