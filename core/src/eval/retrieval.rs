@@ -202,21 +202,15 @@ pub fn best_draws(queries: &[f32], draws: &[Vec<f32>], dim: usize) -> Result<Vec
             queries.len()
         )));
     }
-    let dot = |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
-    Ok(queries
+    // Per item, the draws' image rows are the keys its caption is matched against.
+    queries
         .chunks(dim)
         .enumerate()
         .map(|(k, q)| {
-            let mut best = (0, f32::NEG_INFINITY);
-            for (j, d) in draws.iter().enumerate() {
-                let s = dot(q, &d[k * dim..(k + 1) * dim]);
-                if s > best.1 {
-                    best = (j, s);
-                }
-            }
-            best.0
+            let keys: Vec<f32> = draws.iter().flat_map(|d| d[k * dim..(k + 1) * dim].iter().copied()).collect();
+            Ok(best_matches(q, &keys, dim)?[0])
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
