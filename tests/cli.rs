@@ -454,6 +454,39 @@ fn sample_without_a_model_uses_the_default_model() {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(cwd.join("output.png")).unwrap()));
     assert_eq!(decoder.read_info().unwrap().info().width, 64);
 
+    // Neighbour guidance (the model's caption index): a training caption is its own neighbour, so
+    // it draws exactly what plain guidance draws; an unseen prompt names the caption that guides it.
+    let draw = |extra: &[&str], name: &str| {
+        let png = dir.join(name);
+        let out = Command::new(BIN).args(["sample", "--prompt", "red apple", "--steps", "2", "-o"]).arg(&png).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (std::fs::read(&png).unwrap(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (guided, err) = draw(&[], "guided.png");
+    assert!(!err.contains("also guided by"), "{err}");
+    assert_eq!(guided, draw(&["--neighbours", "0"], "plain.png").0, "a training caption draws as with plain guidance");
+    let unseen = |extra: &[&str]| {
+        let out = Command::new(BIN).args(["sample", "--prompt", "a purple kitchen knife", "--steps", "2", "--seed", "5", "-o"]).arg(dir.join("u.png")).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (std::fs::read(dir.join("u.png")).unwrap(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (with, err) = unseen(&[]);
+    assert!(err.contains("\"a purple kitchen knife\": also guided by \""), "{err}");
+    let (without, err) = unseen(&["--neighbours", "0"]);
+    assert!(!err.contains("also guided by") && with != without, "neighbour guidance changes an unseen prompt's image");
+    for (args, needle) in [(&["--neighbours", "9"][..], "between 1 and 8"), (&["--neighbour-share", "1"][..], "between 0 and 1")] {
+        let out = Command::new(BIN).args(["sample", "--prompt", "x", "--steps", "1", "-o"]).arg(dir.join("e.png")).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["sample", "--preset", "both-tiny", "--init", "random", "--prompt", "x", "--steps", "1", "--neighbours", "1", "--dump"])
+        .arg(dir.join("n.safetensors"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("caption index") && err.contains("index-captions"), "{err}");
+
     // A GGUF that is not the one the model was trained with is refused by name.
     let bogus = dir.join("bogus.gguf");
     std::fs::write(&bogus, b"GGUF not really").unwrap();

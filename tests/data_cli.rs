@@ -186,6 +186,44 @@ fn real_sources_when_fetched() {
     assert_eq!((r["split"].as_str(), r["n"].as_u64(), r["candidates"].as_u64()), (Some("heldout"), Some(3), Some(10)), "{r}");
     assert!(r["proxy_real_top1"].as_f64().unwrap() > 0.5 && r["proxy_gen_top5"].as_f64().is_some(), "{r}");
     assert!(r["proxy_scorer"].as_str().unwrap().ends_with("models/proxy-clip"), "{r}");
+    // The default model guides unseen captions by their nearest training caption too (its caption
+    // index); every neighbour is a training caption.
+    let g = &r["generator"]["neighbours"];
+    assert_eq!((g["count"].as_u64(), g["share"].as_f64()), (Some(1), Some(0.5)), "{r}");
+    let train_captions: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).flat_map(|i| &i.captions).collect();
+    for it in g["per_item"].as_array().unwrap() {
+        let n = it["neighbours"][0][0].as_str().unwrap().to_string();
+        assert!(train_captions.contains(&n) && n != it["caption"].as_str().unwrap(), "{it}");
+    }
+    // `index-captions` indexes the first caption of each training image; an index that holds a
+    // held-out caption is refused by `eval proxy-clip`, which would otherwise leak it.
+    let model = dir.join("indexed-model");
+    std::fs::create_dir_all(&model).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(shipped.join(f), model.join(f)).unwrap();
+    }
+    let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--model"]).arg(&model).arg("--data").arg(&built).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(model.join("neighbours.safetensors")).unwrap();
+    let index = rfgen_core::eval::TextFeatures::from_safetensors("index", &bytes).unwrap();
+    let firsts: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
+    assert_eq!((index.len(), index.spec.layers), (firsts.len(), 1));
+    assert!(index.captions.iter().all(|c| firsts.contains(c)));
+    let held = ds.items.iter().find(|i| i.split == Split::Heldout && !train_captions.contains(&i.captions[0])).unwrap().captions[0].clone();
+    let mut leaky = index.clone();
+    leaky.extend(vec![held.clone()], index.values[..index.spec.dim].to_vec()).unwrap();
+    std::fs::write(model.join("neighbours.safetensors"), leaky.to_safetensors().unwrap()).unwrap();
+    let o = Command::new(BIN)
+        .args(["eval", "proxy-clip", "--n", "2", "--steps", "1", "--model"])
+        .arg(&model)
+        .arg("--vae")
+        .arg(shipped.join("vae"))
+        .env("RFGEN_DATA", &built)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("held-out caption") && stderr(&o).contains(&held), "{}", stderr(&o));
+
     // Best-of-N reranking: draw 0 is the plain run's image, the scored image is the reranker's
     // pick, and the judge's rank of every draw is reported.
     let plain = r.clone();

@@ -90,3 +90,77 @@ fn absurd_shift_is_refused_by_name() {
         assert!(err.contains("shift"), "{shift}: {err}");
     }
 }
+
+/// v = (sum of the row's visible prompt ids) / 10 on every row, whatever z and t are: an
+/// unconditional row sees only BOS.
+struct TokenField;
+
+impl<B: Backend> VelocityModel<B> for TokenField {
+    type Cond = Vec<f32>;
+    fn latent_channels(&self) -> usize {
+        1
+    }
+    fn patch_size(&self) -> usize {
+        1
+    }
+    fn vocab_size(&self) -> usize {
+        16
+    }
+    fn prepare(&self, batch: &PromptBatch, _: &B::Device) -> Vec<f32> {
+        let p = batch.prefix_len();
+        (0..batch.ids.len())
+            .map(|r| {
+                let visible: u32 = (0..p).filter(|&j| batch.prefix_visible[r][j]).map(|j| batch.ids[r][j]).sum();
+                // The last column is the begin-of-generation tag on conditional rows only.
+                let last = if r < batch.ids.len() - batch.batch { batch.ids[r][p] } else { 0 };
+                (visible + last) as f32 / 10.0
+            })
+            .collect()
+    }
+    fn velocity(&self, z: Tensor<B, 4>, _: &[f32], per_row: &mut Vec<f32>) -> Tensor<B, 4> {
+        let [rows, c, h, w] = z.dims();
+        assert_eq!(rows, per_row.len(), "one z row per prompt row");
+        let values: Vec<f32> = per_row.iter().flat_map(|&v| std::iter::repeat(v).take(c * h * w)).collect();
+        Tensor::from_data(TensorData::new(values, [rows, c, h, w]), &z.device())
+    }
+}
+
+fn composed_moves(groups: &[Vec<Vec<u32>>], shares: &[f32], cfg: f64) -> Vec<f32> {
+    let device = Default::default();
+    let batch = PromptBatch::composed(groups, shares, 0).unwrap();
+    let b = groups[0].len();
+    let z0 = Tensor::<Cpu, 4>::zeros([b, 1, 1, 1], &device);
+    let z1 = sample(&TokenField, &batch, z0, &SampleConfig { steps: 5, cfg, shift: 1.0 }, |_| {}).unwrap();
+    z1.into_data().to_vec().unwrap()
+}
+
+#[test]
+fn composed_guidance_weighs_each_group_against_the_unconditional_rows() {
+    // Image 0: prompt [1, 5] and neighbour [1, 3]; image 1: prompt [1, 2, 2] and neighbour [1, 7]
+    // (unequal lengths: left padding must not move a row's BOS out of its unconditional row).
+    let groups = vec![vec![vec![1, 5], vec![1, 2, 2]], vec![vec![1, 3], vec![1, 7]]];
+    let moved = composed_moves(&groups, &[0.75, 0.25], 2.0);
+    // v = v_u + w (0.75 (v_p − v_u) + 0.25 (v_n − v_u)), v_u = BOS / 10 = 0.1; 5 steps of 1/5.
+    let want = [0.1 + 2.0 * (0.75 * 0.5 + 0.25 * 0.3), 0.1 + 2.0 * (0.75 * 0.4 + 0.25 * 0.7)];
+    for (m, w) in moved.iter().zip(want) {
+        assert!((*m as f64 - w).abs() < 1e-5, "moved {moved:?}, want {want:?}");
+    }
+    // One group is plain classifier-free guidance: w v_c − (w − 1) v_u.
+    let plain = composed_moves(&groups[..1], &[1.0], 3.0);
+    assert!((plain[0] as f64 - (3.0 * 0.6 - 2.0 * 0.1)).abs() < 1e-5, "{plain:?}");
+    // The same prompt in two groups is the same guidance.
+    let twice = composed_moves(&[groups[0].clone(), groups[0].clone()], &[0.4, 0.6], 3.0);
+    assert!(plain.iter().zip(&twice).all(|(a, b)| (a - b).abs() < 1e-5), "{plain:?} vs {twice:?}");
+}
+
+#[test]
+fn composed_batches_refuse_mismatched_groups_and_shares() {
+    let one = vec![vec![1u32, 5]];
+    let err = |g: &[Vec<Vec<u32>>], s: &[f32]| PromptBatch::composed(g, s, 0).unwrap_err().to_string();
+    assert!(err(&[one.clone(), vec![vec![1, 3], vec![1, 4]]], &[0.5, 0.5]).contains("group 1 has 2 prompts"));
+    assert!(err(&[one.clone(), one.clone()], &[0.5, 0.6]).contains("do not sum to 1"));
+    assert!(err(&[one.clone(), one.clone()], &[1.0]).contains("2 prompt groups"));
+    assert!(err(&[one.clone(), one.clone()], &[1.5, -0.5]).contains("positive"));
+    assert!(err(&[one.clone(), vec![vec![1]]], &[0.5, 0.5]).contains("prompt 0 of group 1"));
+    assert!(err(&[], &[]).contains("no prompt"));
+}

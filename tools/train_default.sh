@@ -79,4 +79,6 @@ cp "$RUNS/default/train_log.jsonl" models/default/train_log.jsonl
 if [ "$CONT_STEPS" -gt 0 ]; then cp "$RUNS/default-cont/train_log.jsonl" models/default/train_log.b512.jsonl; fi
 for i in $(seq 1 "$ROUND"); do cp "$RUNS/default-flags$i/train_log.jsonl" "models/default/train_log.flags$i.jsonl"; done
 cp "$RUNS/vae/train_log.jsonl" models/default/vae/train_log.jsonl
+# The caption index of neighbour guidance: the training captions under SmolLM2's first 8 layers.
+$CLI index-captions --model models/default --data "$RUNS/emoji" --layers 8 --backend "$BACKEND"
 $CLI eval vae --vae models/default/vae --data "$RUNS/emoji" --min-psnr 28

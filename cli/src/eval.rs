@@ -23,6 +23,7 @@ use rfgen_core::eval::{
 };
 use rfgen_core::pipeline::{find_llm_gguf, ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::janusflow::GenerationConfig;
+use rfgen_core::neighbours::CaptionIndex;
 use rfgen_core::sampler::VelocityModel;
 
 use crate::output::{check_output, grid, write_atomic, write_png};
@@ -168,6 +169,13 @@ pub struct ProxyEvalArgs {
     /// --only-split train`, so that it has never seen a held-out image.
     #[arg(long, value_name = "SCORER_DIR", conflicts_with_all = ["nearest_train", "real_only"])]
     reranker: Option<PathBuf>,
+    /// Neighbour guidance: each caption is also guided by its N nearest captions in the model's
+    /// caption index (0: plain guidance) [default: the model's, as `sample`].
+    #[arg(long, conflicts_with_all = ["nearest_train", "real_only"])]
+    neighbours: Option<usize>,
+    /// The neighbours' share of the guidance [default: the model's, else 0.5].
+    #[arg(long, conflicts_with_all = ["nearest_train", "real_only"])]
+    neighbour_share: Option<f32>,
     /// Write the results as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -736,7 +744,11 @@ impl EvalProxy {
             bail!("the generator's latents have {} channels: give --vae DIR to decode them", pipe.model.latent_channels());
         }
         let prompts: Vec<String> = items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
-        let ids = pipe.tokenize(&prompts)?;
+        let guidance = pipe.neighbour_guidance(a.neighbours, a.neighbour_share)?;
+        if let (Some(_), Some(n)) = (guidance, &pipe.neighbours) {
+            check_index_is_train_only(data, &n.index)?;
+        }
+        let mut neighbours = Vec::new();
         let hw = pipe.default_latent_hw();
         let c = pipe.model.latent_channels();
         let config = pipe.generation.sample_config(a.steps, a.cfg, a.shift);
@@ -754,7 +766,10 @@ impl EvalProxy {
                     z.extend(rfgen_core::noise::gaussian(seed, c * hw[0] * hw[1]));
                 }
                 let z0 = Tensor::<B, 4>::from_data(TensorData::new(z, [chunk.len(), c, hw[0], hw[1]]), device);
-                let out = pipe.generate(&ids[lo..lo + chunk.len()], z0, &config, |_| {})?;
+                let (out, near) = pipe.generate_prompts(&prompts[lo..lo + chunk.len()], guidance, z0, &config, |_| {})?;
+                if draw == 0 {
+                    neighbours.extend(near.unwrap_or_default());
+                }
                 let (rgb, s) = to_rgb_images(out.images.unwrap_or(out.z1))?;
                 side = s;
                 images.extend(rgb);
@@ -765,9 +780,14 @@ impl EvalProxy {
         status_done();
         let images = if draws.len() == 1 { draws.pop().expect("one draw") } else { draws[0].clone() };
         let secs = start.elapsed().as_secs_f64();
-        let generator = serde_json::json!({"model": model.display().to_string(),
+        let mut generator = serde_json::json!({"model": model.display().to_string(),
             "vae": self.vae_dir().map(|v| v.display().to_string()), "steps": config.steps, "cfg": config.cfg, "shift": config.shift,
             "seed": a.seed, "image_size": side, "seconds": secs});
+        if let Some(g) = guidance {
+            let per_item: Vec<_> = prompts.iter().zip(&neighbours).map(|(p, n)| serde_json::json!({"caption": p, "neighbours": n})).collect();
+            generator["neighbours"] = serde_json::json!({"count": g.count, "share": g.share, "index_captions": pipe.neighbours.as_ref().map(|n| n.index.len()),
+                "index_llm_layers": pipe.neighbours.as_ref().map(|n| n.index.features.spec.layers), "per_item": per_item});
+        }
         Ok(Drawn { images, side, secs, generator, picks: None, draws, reranked: None })
     }
 
@@ -857,6 +877,17 @@ fn nearest_train<B: Backend>(data: &Dataset, items: &[usize], dir: &Path, llm_gg
     let generator = serde_json::json!({"kind": "nearest training image", "chooser": dir.display().to_string(),
         "chooser_trained_on": trained_on(&config), "pool": pool.len(), "image_size": data.size, "seconds": secs});
     Ok(Drawn { images, side: data.size, secs, generator, picks: Some(picks), draws: Vec::new(), reranked: None })
+}
+
+/// Neighbour guidance must not see held-out captions: the model's index may hold no caption that
+/// only held-out images of the dataset have.
+fn check_index_is_train_only(data: &Dataset, index: &CaptionIndex) -> Result<()> {
+    let of = |split: Split| data.items.iter().filter(move |it| it.split == split).flat_map(|it| it.captions.iter());
+    let train: std::collections::HashSet<&String> = of(Split::Train).collect();
+    if let Some(c) = of(Split::Heldout).find(|c| !train.contains(c) && index.features.row_of(c).is_some()) {
+        bail!("the model's caption index holds the held-out caption {c:?}; rebuild it from the training split (`rfgen-cli index-captions`) or pass --neighbours 0");
+    }
+    Ok(())
 }
 
 /// Which splits a scorer was trained on, as its config records it.

@@ -8,6 +8,7 @@ mod eval_loss;
 mod eval_vae;
 mod convert;
 mod data;
+mod index_captions;
 mod init;
 mod inspect;
 mod models;
@@ -52,6 +53,8 @@ enum Command {
     EncodeLatents(encode::EncodeArgs),
     /// Build an image–caption training set (emoji, digits) from the packages `./build.sh setup` fetches.
     Data(data::DataArgs),
+    /// Index a dataset's training captions for a model's neighbour guidance (MODEL/neighbours.safetensors).
+    IndexCaptions(index_captions::IndexCaptionsArgs),
     /// Evaluation with the PROXY image–text scorer (not CLIP): `eval proxy-clip-train`, `eval proxy-clip`.
     Eval(eval::EvalArgs),
 }
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::IndexCaptions(args) => index_captions::run(args),
         Command::TrainVae(args) => train_vae::run(args),
         Command::EncodeLatents(args) => encode::run(args),
     };

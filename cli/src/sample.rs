@@ -44,6 +44,16 @@ pub struct SampleArgs {
     /// shift, else 1 = the uniform grid].
     #[arg(long)]
     shift: Option<f64>,
+    /// Neighbour guidance: each prompt is also guided by its N nearest training captions in the
+    /// model's caption index (neighbours.safetensors, by the LLM's own text features); 0 turns it
+    /// off. A prompt that is itself a training caption is drawn with plain guidance [default: the
+    /// model's generation neighbours, else 1 when the model has an index].
+    #[arg(long)]
+    neighbours: Option<usize>,
+    /// The neighbours' share of the guidance weight (the prompt keeps the rest) [default: the
+    /// model's generation neighbour_share, else 0.5].
+    #[arg(long)]
+    neighbour_share: Option<f32>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -84,6 +94,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("give either --prompt or --token-ids, not both");
     }
     GenerationConfig::default().sample_config(args.steps, args.cfg, args.shift).validate()?;
+    if args.neighbours != Some(0) && (args.neighbours.is_some() || args.neighbour_share.is_some()) {
+        let count = args.neighbours.unwrap_or(rfgen_core::neighbours::DEFAULT_COUNT);
+        let share = args.neighbour_share.unwrap_or(rfgen_core::neighbours::DEFAULT_SHARE);
+        rfgen_core::neighbours::NeighbourGuidance { count, share }.validate()?;
+    }
     let mut args = args;
     if args.model.is_none() && args.preset.is_none() {
         args.model = Some(default_model_dir()?);
@@ -174,6 +189,10 @@ impl SampleTask {
         };
         let prompts = if self.token_ids.is_empty() { pipe.tokenize(&a.prompts)? } else { self.token_ids.clone() };
         let n = prompts.len();
+        let guidance = pipe.neighbour_guidance(a.neighbours, a.neighbour_share)?;
+        if guidance.is_some() && !self.token_ids.is_empty() && a.neighbours.is_some() {
+            bail!("--neighbours needs text prompts (--prompt), not --token-ids");
+        }
 
         let z0 = match &a.noise {
             Some(path) => {
@@ -204,12 +223,24 @@ impl SampleTask {
         let progress = Progress::new(config.steps);
         let mut v_steps: Vec<Vec<f32>> = Vec::new();
         let keep_v = a.dump.is_some();
-        let out = pipe.generate(&prompts, z0, &config, |e| {
+        let on_step = |e: &rfgen_core::sampler::StepEvent<B>| {
             if keep_v {
                 v_steps.push(e.v_cfg.to_data().convert::<f32>().to_vec::<f32>().expect("f32"));
             }
             progress.step(e.step + 1, e.t);
-        })?;
+        };
+        let out = if self.token_ids.is_empty() {
+            let (out, near) = pipe.generate_prompts(&a.prompts, guidance, z0, &config, on_step)?;
+            for (p, n) in a.prompts.iter().zip(near.iter().flatten()) {
+                if n.iter().any(|(c, _)| c != p) {
+                    let list: Vec<String> = n.iter().map(|(c, s)| format!("{c:?} ({s:.3})")).collect();
+                    eprintln!("{p:?}: also guided by {}", list.join(", "));
+                }
+            }
+            out
+        } else {
+            pipe.generate(&prompts, z0, &config, on_step)?
+        };
 
         let z1_shape = out.z1.dims().to_vec();
         let z1 = out.z1.to_data().convert::<f32>().to_vec::<f32>().expect("f32");

@@ -11,6 +11,7 @@ pub mod image;
 pub mod janusflow;
 pub mod layers;
 pub mod llama;
+pub mod neighbours;
 pub mod noise;
 pub mod pipeline;
 pub mod quant;

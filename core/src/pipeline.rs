@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 use crate::checkpoint::VarBuilder;
 use crate::convert::{Manifest, ModelKind};
 use crate::janusflow::{GenerationConfig, JanusFlowConfig};
+use crate::eval::TextFeatures;
 use crate::llama::LlamaConfig;
+use crate::neighbours::{NeighbourGuidance, PromptNeighbours, DEFAULT_COUNT, DEFAULT_SHARE, NEIGHBOURS_FILE};
 use crate::structured::{FlowGenerator, GeneratorConfig, LlmGguf};
 use crate::sampler::{sample, PromptBatch, SampleConfig, StepEvent, VelocityModel};
 use crate::tokenizer::PromptTokenizer;
@@ -22,6 +24,8 @@ pub struct ModelFiles {
     pub generation: GenerationConfig,
     pub weights: Weights,
     pub tokenizer_json: Option<Vec<u8>>,
+    /// The caption index for neighbour guidance (`neighbours.safetensors`), when the directory has one.
+    pub neighbours: Option<TextFeatures>,
 }
 
 impl ModelFiles {
@@ -44,7 +48,14 @@ impl ModelFiles {
         if let Some(json) = fold_llm_gguf(&config, &mut weights)? {
             tokenizer_json = tokenizer_json.or(Some(json));
         }
-        Ok(Self { config, generation, weights, tokenizer_json })
+        let index = dir.join(NEIGHBOURS_FILE);
+        let neighbours = if index.is_file() {
+            let bytes = std::fs::read(&index).map_err(|e| Error::Io(format!("cannot read {}: {e}", index.display())))?;
+            Some(TextFeatures::from_safetensors(&index.display().to_string(), &bytes)?)
+        } else {
+            None
+        };
+        Ok(Self { config, generation, weights, tokenizer_json, neighbours })
     }
 }
 
@@ -165,12 +176,20 @@ pub struct Pipeline<B: Backend> {
     pub generation: GenerationConfig,
     pub pad_id: u32,
     pub device: B::Device,
+    /// Neighbour guidance's caption index and text encoder (native model directories with one).
+    pub neighbours: Option<PromptNeighbours<B>>,
 }
 
 impl<B: Backend> Pipeline<B> {
     pub fn new(files: ModelFiles, vae: Option<VaeFiles>, device: &B::Device) -> Result<Self> {
         let model = FlowGenerator::load(&files.weights, &files.config, device)?;
-        Self::assemble(model, files.generation, files.tokenizer_json, vae, device)
+        let mut pipe = Self::assemble(model, files.generation, files.tokenizer_json, vae, device)?;
+        if let Some(index) = files.neighbours {
+            let path = find_llm_gguf(&index.spec.gguf_file)?;
+            let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+            pipe.neighbours = Some(PromptNeighbours::from_gguf(index, &bytes, device)?);
+        }
+        Ok(pipe)
     }
 
     /// A randomly initialised generator (presets before trained weights exist); the same
@@ -219,7 +238,7 @@ impl<B: Backend> Pipeline<B> {
         let pad_id = gen.pad_token_id.or(lc.pad_token_id).ok_or_else(|| {
             Error::config("generation.json", "no pad_token_id (in generation.json or language_config)")
         })?;
-        Ok(Self { model, vae, tokenizer, generation: gen, pad_id, device: device.clone() })
+        Ok(Self { model, vae, tokenizer, generation: gen, pad_id, device: device.clone(), neighbours: None })
     }
 
     pub fn tokenize(&self, prompts: &[String]) -> Result<Vec<Vec<u32>>> {
@@ -253,7 +272,72 @@ impl<B: Backend> Pipeline<B> {
         config: &SampleConfig,
         on_step: impl FnMut(&StepEvent<B>),
     ) -> Result<Generated<B>> {
-        let batch = PromptBatch::new(prompts, self.pad_id)?;
+        self.generate_composed(&[prompts.to_vec()], &[1.0], z0, config, on_step)
+    }
+
+    /// The neighbour guidance to sample with: `count` and `share` when given, else the generation
+    /// config's, else [`DEFAULT_COUNT`] and [`DEFAULT_SHARE`]; `None` when the count is 0, or when
+    /// none was asked for and the model has no caption index.
+    pub fn neighbour_guidance(&self, count: Option<usize>, share: Option<f32>) -> Result<Option<NeighbourGuidance>> {
+        let asked = count.is_some();
+        let count = count.or(self.generation.neighbours).unwrap_or(DEFAULT_COUNT);
+        let share = share.or(self.generation.neighbour_share).unwrap_or(DEFAULT_SHARE);
+        if count == 0 {
+            return Ok(None);
+        }
+        let g = NeighbourGuidance { count, share };
+        g.validate()?;
+        match &self.neighbours {
+            Some(_) => Ok(Some(g)),
+            None if asked => Err(Error::input(format!(
+                "neighbour guidance needs the model's caption index ({NEIGHBOURS_FILE}); build it with `rfgen-cli index-captions`"
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Text prompts to images. With `guidance`, each prompt is also guided by its nearest indexed
+    /// captions (composed guidance); returns them too, `[prompt][k]`.
+    pub fn generate_prompts(
+        &self,
+        prompts: &[String],
+        guidance: Option<NeighbourGuidance>,
+        z0: Tensor<B, 4>,
+        config: &SampleConfig,
+        on_step: impl FnMut(&StepEvent<B>),
+    ) -> Result<(Generated<B>, Option<Vec<Vec<(String, f32)>>>)> {
+        let ids = self.tokenize(prompts)?;
+        let (Some(g), Some(index)) = (guidance, &self.neighbours) else {
+            if guidance.is_some() {
+                return Err(Error::input(format!("neighbour guidance needs the model's caption index ({NEIGHBOURS_FILE})")));
+            }
+            return Ok((self.generate(&ids, z0, config, on_step)?, None));
+        };
+        g.validate()?;
+        let near = index.find(prompts, g.count)?;
+        // A prompt that is an indexed caption is its own neighbour: plain guidance for a batch of those.
+        if prompts.iter().zip(&near).all(|(p, n)| n.iter().all(|(c, _)| c == p)) {
+            return Ok((self.generate(&ids, z0, config, on_step)?, Some(near)));
+        }
+        let mut groups = vec![ids];
+        for j in 0..g.count {
+            let captions: Vec<String> = near.iter().map(|n| n[j].0.clone()).collect();
+            groups.push(self.tokenize(&captions)?);
+        }
+        Ok((self.generate_composed(&groups, &g.shares(), z0, config, on_step)?, Some(near)))
+    }
+
+    /// [`Pipeline::generate`] with composed guidance: image b is guided by `groups[g][b]` for
+    /// every group g, with guidance shares `shares` ([`PromptBatch::composed`]).
+    pub fn generate_composed(
+        &self,
+        groups: &[Vec<Vec<u32>>],
+        shares: &[f32],
+        z0: Tensor<B, 4>,
+        config: &SampleConfig,
+        on_step: impl FnMut(&StepEvent<B>),
+    ) -> Result<Generated<B>> {
+        let batch = PromptBatch::composed(groups, shares, self.pad_id)?;
         let z1 = sample(&self.model, &batch, z0, config, on_step)?;
         let images = self.vae.as_ref().map(|vae| vae.decode_flow_latent(z1.clone()));
         Ok(Generated { z1, images })
@@ -305,7 +389,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
             let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
                 .map_err(|e| Error::Io(format!("cannot list {}: {e}", dir.display())))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.file_name().is_some_and(|n| n != "io.safetensors"))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.file_name().is_some_and(|n| n != "io.safetensors" && n != NEIGHBOURS_FILE))
                 .collect();
             files.sort();
             let layout = if manifest.is_some() {

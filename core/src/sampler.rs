@@ -10,15 +10,21 @@ pub const MAX_STEPS: usize = 1000;
 pub const MAX_LATENT_SIDE: usize = 1024;
 
 /// Token ids of the doubled batch, built the way the official loop and processor build them.
+///
+/// With G conditional groups (composed guidance, [`PromptBatch::composed`]) the rows are G·B
+/// conditional rows, group by group, then B unconditional rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptBatch {
-    /// `[2B][L]`: rows `0..B` conditional (`[pad.., BOS, ..., BOG]`, left-padded), rows `B..2B`
-    /// unconditional (`[pad.., BOS, pad..]`, BOS in the same column).
+    /// `[(G+1)B][L]`: rows `0..GB` conditional (`[pad.., BOS, ..., BOG]`, left-padded), the last
+    /// `B` unconditional (`[pad.., BOS, pad..]`, BOS in the same column as the first group's).
     pub ids: Vec<Vec<u32>>,
-    /// `[2B][L-1]`: which prefix positions (all columns but the last) may be attended.
+    /// `[(G+1)B][L-1]`: which prefix positions (all columns but the last) may be attended.
     pub prefix_visible: Vec<Vec<bool>>,
     /// Number of prompts B.
     pub batch: usize,
+    /// Each conditional group's share of the guidance (G values summing to 1; `[1.0]` for plain
+    /// classifier-free guidance).
+    pub shares: Vec<f32>,
     /// Pooled text features per row (`[rows, dim]`, flat) when the caller already has them
     /// (training reads them from a cache); otherwise a model that uses them pools `ids` itself.
     pub pooled: Option<Vec<f32>>,
@@ -27,47 +33,73 @@ pub struct PromptBatch {
 impl PromptBatch {
     /// `prompts`: each the full tokenized sequence `[BOS, ..., BOG]`.
     pub fn new(prompts: &[Vec<u32>], pad_id: u32) -> Result<Self> {
-        if prompts.is_empty() {
+        Self::composed(&[prompts.to_vec()], &[1.0], pad_id)
+    }
+
+    /// Composed guidance (Liu et al. 2022, "Compositional Visual Generation"): each of B images
+    /// is guided by G prompts, `v = v_u + w Σ_g shares[g] (v_g − v_u)`. `groups[g][b]` is image
+    /// b's prompt in group g; `shares` must be positive and sum to 1 so that `w` keeps its meaning.
+    pub fn composed(groups: &[Vec<Vec<u32>>], shares: &[f32], pad_id: u32) -> Result<Self> {
+        let Some(first) = groups.first() else { return Err(Error::input("no prompt given")) };
+        if first.is_empty() {
             return Err(Error::input("no prompt given"));
         }
-        if let Some(i) = prompts.iter().position(|p| p.len() < 2) {
-            return Err(Error::input(format!(
-                "prompt {i} has {} token(s); a prompt needs at least BOS and the begin-of-generation tag",
-                prompts[i].len()
-            )));
+        if let Some(g) = groups.iter().position(|g| g.len() != first.len()) {
+            return Err(Error::input(format!("prompt group {g} has {} prompts, group 0 has {}", groups[g].len(), first.len())));
         }
-        let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let b = prompts.len();
-        let mut ids = Vec::with_capacity(2 * b);
-        let mut visible = Vec::with_capacity(2 * b);
-        for p in prompts {
+        if shares.len() != groups.len() || shares.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(Error::input(format!("{} guidance shares for {} prompt groups; each must be positive", shares.len(), groups.len())));
+        }
+        if (shares.iter().sum::<f32>() - 1.0).abs() > 1e-4 {
+            return Err(Error::input(format!("guidance shares {shares:?} do not sum to 1")));
+        }
+        for (g, group) in groups.iter().enumerate() {
+            if let Some(i) = group.iter().position(|p| p.len() < 2) {
+                let of = if g == 0 { String::new() } else { format!(" of group {g}") };
+                return Err(Error::input(format!(
+                    "prompt {i}{of} has {} token(s); a prompt needs at least BOS and the begin-of-generation tag",
+                    group[i].len()
+                )));
+            }
+        }
+        let len = groups.iter().flatten().map(Vec::len).max().unwrap_or(0);
+        let b = first.len();
+        let rows = (groups.len() + 1) * b;
+        let mut ids = Vec::with_capacity(rows);
+        let mut visible = Vec::with_capacity(rows);
+        for p in groups.iter().flatten() {
             let pad = len - p.len();
             ids.push(std::iter::repeat(pad_id).take(pad).chain(p.iter().copied()).collect::<Vec<_>>());
             visible.push((0..len - 1).map(|j| j >= pad).collect::<Vec<_>>());
         }
-        for p in prompts {
+        for p in first {
             let pad = len - p.len();
             let mut row = vec![pad_id; len];
             row[pad] = p[0];
             ids.push(row);
             visible.push((0..len - 1).map(|j| j == pad).collect());
         }
-        Ok(Self { ids, prefix_visible: visible, batch: b, pooled: None })
+        Ok(Self { ids, prefix_visible: visible, batch: b, shares: shares.to_vec(), pooled: None })
     }
 
-    /// Attaches the conditional rows' pooled text features `[B, dim]`; the unconditional rows
+    /// Number of conditional groups G.
+    pub fn groups(&self) -> usize {
+        self.shares.len()
+    }
+
+    /// Attaches the conditional rows' pooled text features `[GB, dim]`; the unconditional rows
     /// get zeros.
     pub fn with_pooled(mut self, cond: Vec<f32>) -> Result<Self> {
-        let b = self.batch;
-        if self.ids.len() != 2 * b || cond.is_empty() || cond.len() % b != 0 {
+        let b = self.batch * self.groups();
+        if self.ids.len() != b + self.batch || cond.is_empty() || cond.len() % b != 0 {
             return Err(Error::input(format!("{} pooled text values for {b} prompts", cond.len())));
         }
         if cond.iter().any(|v| !v.is_finite()) {
             return Err(Error::input("the pooled text features contain NaN or infinite values"));
         }
-        let n = cond.len();
+        let n = cond.len() + cond.len() / self.groups();
         let mut values = cond;
-        values.resize(2 * n, 0.0);
+        values.resize(n, 0.0);
         self.pooled = Some(values);
         Ok(self)
     }
@@ -79,6 +111,7 @@ impl PromptBatch {
             ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
             prefix_visible: rows.iter().map(|&r| self.prefix_visible[r].clone()).collect(),
             batch: rows.len(),
+            shares: vec![1.0],
             pooled: self.pooled.as_ref().map(|p| {
                 let d = p.len() / self.ids.len();
                 rows.iter().flat_map(|&r| p[r * d..(r + 1) * d].iter().copied()).collect()
@@ -211,13 +244,15 @@ pub fn check_inputs<B: Backend, M: VelocityModel<B>>(model: &M, batch: &PromptBa
 ///
 /// Each step: `t = step / N * 1000` for all 2B rows, `v = w v_cond - (w - 1) v_uncond`,
 /// `z += v / N` (with a shift ≠ 1: `t = t_step · 1000`, `z += v (t_{step+1} - t_step)`, see
-/// [`SampleConfig::shift`]).
+/// [`SampleConfig::shift`]). With composed prompt groups, `v = v_uncond + w Σ_g s_g (v_g −
+/// v_uncond)` and `v_cond` is the first group's.
 pub struct EulerCfg<'m, B: Backend, M: VelocityModel<B>> {
     model: &'m M,
     cond: M::Cond,
     z: Tensor<B, 4>,
     step: usize,
     config: SampleConfig,
+    shares: Vec<f32>,
 }
 
 /// One step's velocities.
@@ -234,7 +269,7 @@ impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
         config.validate()?;
         check_inputs(model, batch, z0.dims())?;
         let cond = model.prepare(batch, &z0.device());
-        Ok(Self { model, cond, z: z0, step: 0, config: *config })
+        Ok(Self { model, cond, z: z0, step: 0, config: *config, shares: batch.shares.clone() })
     }
 
     pub fn is_done(&self) -> bool {
@@ -265,10 +300,21 @@ impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
         let cfg = self.config.cfg as f32;
         let t = (self.config.time(step) * 1000.0) as f32;
         let dt = self.config.step_size(step);
-        let v = self.model.velocity(Tensor::cat(vec![self.z.clone(), self.z.clone()], 0), &vec![t; 2 * b], &mut self.cond);
+        let shares = &self.shares;
+        let g = shares.len();
+        let v = self.model.velocity(Tensor::cat(vec![self.z.clone(); g + 1], 0), &vec![t; (g + 1) * b], &mut self.cond);
         let v_cond = v.clone().slice([0..b, 0..c, 0..h, 0..w]);
-        let v_uncond = v.slice([b..2 * b, 0..c, 0..h, 0..w]);
-        let v_cfg = v_cond.clone().mul_scalar(cfg) - v_uncond.clone().mul_scalar(cfg - 1.0);
+        let v_uncond = v.clone().slice([g * b..(g + 1) * b, 0..c, 0..h, 0..w]);
+        let v_cfg = if g == 1 {
+            v_cond.clone().mul_scalar(cfg) - v_uncond.clone().mul_scalar(cfg - 1.0)
+        } else {
+            let mut sum = v_uncond.clone();
+            for (k, &s) in shares.iter().enumerate() {
+                let v_k = v.clone().slice([k * b..(k + 1) * b, 0..c, 0..h, 0..w]);
+                sum = sum + (v_k - v_uncond.clone()).mul_scalar(cfg * s);
+            }
+            sum
+        };
         self.z = self.z.clone() + v_cfg.clone().mul_scalar(dt);
         self.step += 1;
         Some(StepOutput { step, t, v_cond, v_uncond, v_cfg })

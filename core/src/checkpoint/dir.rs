@@ -79,7 +79,9 @@ pub fn load_weights_dir(dir: &Path) -> Result<Weights> {
         }
     } else {
         const KNOWN: [&str; 3] = ["model.safetensors", "diffusion_pytorch_model.safetensors", "weights.safetensors"];
-        let mut files: Vec<&PathBuf> = entries.iter().filter(|p| name(p).ends_with(".safetensors")).collect();
+        // The caption index of neighbour guidance lives beside the weights but is not one.
+        let index = crate::neighbours::NEIGHBOURS_FILE;
+        let mut files: Vec<&PathBuf> = entries.iter().filter(|p| name(p).ends_with(".safetensors") && name(p) != index).collect();
         files.sort();
         let chosen = match KNOWN.iter().find_map(|k| files.iter().find(|p| name(p) == *k)) {
             Some(p) => *p,

@@ -191,7 +191,20 @@ impl TextFeatures {
     /// A safetensors file: `features` f32 `[n, dim]`, the spec and the captions in its metadata.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![self.len(), self.spec.dim], &bytes)
+        self.serialize(safetensors::Dtype::F32, &bytes)
+    }
+
+    /// [`TextFeatures::to_safetensors`] with the features in f16 (half the size, for shipping).
+    pub fn to_safetensors_f16(&self) -> Result<Vec<u8>> {
+        if let Some(v) = self.values.iter().find(|v| v.abs() > f32::from(half::f16::MAX)) {
+            return Err(Error::input(format!("a text feature ({v}) is out of f16 range")));
+        }
+        let bytes: Vec<u8> = self.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        self.serialize(safetensors::Dtype::F16, &bytes)
+    }
+
+    fn serialize(&self, dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<u8>> {
+        let view = safetensors::tensor::TensorView::new(dtype, vec![self.len(), self.spec.dim], bytes)
             .map_err(|e| Error::Io(format!("text features: {e:?}")))?;
         let meta = HashMap::from([
             (META_SPEC.to_string(), serde_json::to_string(&self.spec).expect("serialisable")),

@@ -184,6 +184,8 @@ impl GenerationConfig {
             vae_scaling_factor: self.vae_scaling_factor.or(b.vae_scaling_factor),
             tokenizer: self.tokenizer.or(b.tokenizer),
             prompt_template: self.prompt_template.or(b.prompt_template),
+            neighbours: self.neighbours.or(b.neighbours),
+            neighbour_share: self.neighbour_share.or(b.neighbour_share),
         }
     }
 }
@@ -215,6 +217,13 @@ pub struct GenerationConfig {
     /// begin-of-generation id; JanusFlow's chat template when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_template: Option<String>,
+    /// Nearest training captions that also guide each prompt when the model directory has a
+    /// caption index ([`crate::neighbours`]); 0 turns them off. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbours: Option<usize>,
+    /// Their share of the guidance (the prompt keeps the rest). Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbour_share: Option<f32>,
 }
 
 impl GenerationConfig {
