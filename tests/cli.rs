@@ -430,6 +430,63 @@ fn convert_folds_the_gguf_llm_into_the_default_model() {
 /// The shipped emoji model: `sample --prompt ... -o x.png` with no --model (the LLM comes from the
 /// SmolLM2 GGUF that `./build.sh setup` fetches).
 #[test]
+fn sample_image_to_image_on_the_default_model() {
+    let dir = tempdir("cli-img2img");
+    // A red disc on white, larger than the model's 64 pixels (it is resized).
+    let side = 96u32;
+    let rgb: Vec<u8> = (0..side * side)
+        .flat_map(|i| {
+            let (x, y) = ((i % side) as f32 - 48.0, (i / side) as f32 - 48.0);
+            if x * x + y * y < 30.0 * 30.0 { [220, 30, 30] } else { [255, 255, 255] }
+        })
+        .collect();
+    let init = dir.join("init.png");
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(std::fs::File::create(&init).unwrap()), side, side);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(&rgb).unwrap();
+    let draw = |extra: &[&str], name: &str| {
+        let png = dir.join(name);
+        let out = Command::new(BIN)
+            .args(["sample", "--prompt", "blue circle", "--steps", "4", "--seed", "3", "--neighbours", "0", "-o"])
+            .arg(&png)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        read_png_rgb(&png)
+    };
+    let init_s = init.to_str().unwrap();
+    let plain = draw(&[], "plain.png");
+    // Strength 1 starts at pure noise: exactly the text-to-image draw.
+    assert_eq!(draw(&["--init-image", init_s, "--strength", "1"], "s1.png"), plain);
+    // Strength 0.5 keeps the init image's layout: nearer the (resized) disc than the plain draw.
+    let half = draw(&["--init-image", init_s, "--strength", "0.5"], "s05.png");
+    let disc: Vec<u8> = (0..64 * 64)
+        .flat_map(|i| {
+            let (x, y) = ((i % 64) as f32 - 31.5, (i / 64) as f32 - 31.5);
+            if x * x + y * y < 20.0 * 20.0 { [220u8, 30, 30] } else { [255, 255, 255] }
+        })
+        .collect();
+    let mse = |a: &[u8]| a.iter().zip(&disc).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / a.len() as f64;
+    assert!(mse(&half) < 0.5 * mse(&plain), "img2img at 0.5: mse to the init {} vs plain {}", mse(&half), mse(&plain));
+
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    for (args, needle) in [
+        (vec!["--init-image", init_s, "--strength", "0"], "strength must be in (0, 1]"),
+        (vec!["--init-image", init_s, "--strength", "0.1"], "runs no step"),
+        (vec!["--strength", "0.5"], "--init-image"),
+        (vec!["--init-image", "/no/such.png"], "no such file"),
+        (vec!["--init-image", readme.to_str().unwrap()], "not a readable PNG"),
+        (vec!["--init-image", init_s, "--init-image", init_s], "one per prompt"),
+    ] {
+        let out = Command::new(BIN).args(["sample", "--prompt", "x", "--steps", "4", "-o"]).arg(dir.join("e.png")).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn sample_without_a_model_uses_the_default_model() {
     let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
     assert!(default.join("config.json").is_file(), "models/default is missing");
@@ -498,4 +555,15 @@ fn sample_without_a_model_uses_the_default_model() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sha256"), "{err}");
+}
+
+/// An 8-bit RGB PNG's pixels.
+fn read_png_rgb(path: &Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
+    buf.truncate(info.buffer_size());
+    buf
 }

@@ -210,6 +210,20 @@ fn real_sources_when_fetched() {
     let firsts: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
     assert_eq!((index.len(), index.spec.layers), (firsts.len(), 1));
     assert!(index.captions.iter().all(|c| firsts.contains(c)));
+    // `--nearest-caption` copies, for each held-out caption, the training image of its nearest
+    // indexed caption (no generator, no scorer in the choice).
+    let json = dir.join("nearest-caption.json");
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-caption", "--n", "6", "--model"]).arg(&model).arg("--out").arg(&json).env("RFGEN_DATA", &built).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["baseline"]["kind"], "nearest caption's training image", "{r}");
+    for (it, p) in r["items"].as_array().unwrap().iter().zip(r["baseline"]["per_item"].as_array().unwrap()) {
+        let near = p["nearest"][0].as_str().unwrap();
+        assert!(firsts.iter().any(|c| c.as_str() == near), "{p}");
+        let copied = ds.items.iter().find(|i| i.id == it["nearest_train_id"].as_str().unwrap()).unwrap();
+        assert!(copied.split == Split::Train && copied.captions.iter().any(|c| c == near), "{it} {p}");
+        assert!(it["proxy_gen_rank"].as_u64().unwrap() >= 1);
+    }
     let held = ds.items.iter().find(|i| i.split == Split::Heldout && !train_captions.contains(&i.captions[0])).unwrap().captions[0].clone();
     let mut leaky = index.clone();
     leaky.extend(vec![held.clone()], index.values[..index.spec.dim].to_vec()).unwrap();
@@ -223,6 +237,8 @@ fn real_sources_when_fetched() {
         .output()
         .unwrap();
     assert!(!o.status.success() && stderr(&o).contains("held-out caption") && stderr(&o).contains(&held), "{}", stderr(&o));
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-caption", "--n", "2", "--model"]).arg(&model).env("RFGEN_DATA", &built).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("held-out caption"), "{}", stderr(&o));
 
     // Best-of-N reranking: draw 0 is the plain run's image, the scored image is the reranker's
     // pick, and the judge's rank of every draw is reported.

@@ -3,7 +3,8 @@
 
 use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use rfgen_core::sampler::{sample, PromptBatch, SampleConfig, VelocityModel};
+use rfgen_core::pipeline::strength_start_step;
+use rfgen_core::sampler::{sample, sample_from, PromptBatch, SampleConfig, VelocityModel};
 
 type Cpu = NdArray<f32>;
 
@@ -163,4 +164,43 @@ fn composed_batches_refuse_mismatched_groups_and_shares() {
     assert!(err(&[one.clone(), one.clone()], &[1.5, -0.5]).contains("positive"));
     assert!(err(&[one.clone(), vec![vec![1]]], &[0.5, 0.5]).contains("prompt 0 of group 1"));
     assert!(err(&[], &[]).contains("no prompt"));
+}
+
+/// Image-to-image starts inside the grid: from grid point k it sees only the last N − k times,
+/// and resuming from the latent a full run had after k steps ends where the full run ends.
+#[test]
+fn a_start_point_runs_the_rest_of_the_grid() {
+    let device = Default::default();
+    let batch = PromptBatch::new(&[vec![1, 5]], 0).unwrap();
+    let config = SampleConfig { steps: 10, cfg: 3.0, shift: 2.0 };
+    let z0 = Tensor::<Cpu, 4>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0, 0.0], [1, 1, 2, 2]), &device);
+    let mut full_times = Vec::new();
+    let mut after = Vec::new();
+    let full = sample(&RampField, &batch, z0.clone(), &config, |e| {
+        full_times.push(e.t);
+        after.push(e.z.clone());
+    })
+    .unwrap();
+    let k = 4;
+    let mut times = Vec::new();
+    let resumed = sample_from(&RampField, &batch, after[k - 1].clone(), k, &config, |e| times.push(e.t)).unwrap();
+    assert_eq!(times, full_times[k..]);
+    let (a, b): (Vec<f32>, Vec<f32>) = (full.into_data().to_vec().unwrap(), resumed.into_data().to_vec().unwrap());
+    assert_eq!(a, b);
+    let err = sample_from(&RampField, &batch, z0, 10, &config, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("start step 10") && err.contains("10 steps"), "{err}");
+}
+
+/// diffusers' img2img: strength s runs the last floor(N·s) of N steps; nothing or out of range is refused.
+#[test]
+fn strength_picks_the_start_step_like_diffusers() {
+    let c = |steps| SampleConfig { steps, cfg: 2.0, shift: 1.0 };
+    assert_eq!(strength_start_step(1.0, &c(30)).unwrap(), 0);
+    assert_eq!(strength_start_step(0.8, &c(30)).unwrap(), 6);
+    assert_eq!(strength_start_step(0.7, &c(30)).unwrap(), 9);
+    assert_eq!(strength_start_step(0.55, &c(10)).unwrap(), 5);
+    assert!(strength_start_step(0.05, &c(10)).unwrap_err().to_string().contains("runs no step"));
+    for bad in [0.0, -0.5, 1.5, f64::NAN] {
+        assert!(strength_start_step(bad, &c(30)).unwrap_err().to_string().contains("strength must be in (0, 1]"), "{bad}");
+    }
 }

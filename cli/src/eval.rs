@@ -23,7 +23,7 @@ use rfgen_core::eval::{
 };
 use rfgen_core::pipeline::{find_llm_gguf, ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::janusflow::GenerationConfig;
-use rfgen_core::neighbours::CaptionIndex;
+use rfgen_core::neighbours::{CaptionIndex, PromptNeighbours, NEIGHBOURS_FILE};
 use rfgen_core::sampler::VelocityModel;
 
 use crate::output::{check_output, grid, write_atomic, write_png};
@@ -161,9 +161,14 @@ pub struct ProxyEvalArgs {
     /// `eval proxy-clip-train --only-split train`, which has not seen the held-out images.
     #[arg(long, value_name = "SCORER_DIR", conflicts_with_all = ["model", "vae", "real_only", "steps", "cfg", "shift", "grid"])]
     nearest_train: Option<PathBuf>,
+    /// No generator: score, for each caption, the training image whose caption is nearest it in
+    /// the model's caption index (`index-captions`; no scorer involved). This is the image that
+    /// neighbour guidance steers toward.
+    #[arg(long, conflicts_with_all = ["nearest_train", "real_only", "vae", "steps", "cfg", "shift", "grid"])]
+    nearest_caption: bool,
     /// Best-of-N reranking: draw N images per caption (noise seeds --seed, --seed+1, …) and score
     /// the one the --reranker scorer matches best with its caption.
-    #[arg(long, default_value_t = 1, conflicts_with_all = ["nearest_train", "real_only"])]
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["nearest_train", "nearest_caption", "real_only"])]
     best_of: usize,
     /// The scorer that picks among --best-of draws; train it with `eval proxy-clip-train
     /// --only-split train`, so that it has never seen a held-out image.
@@ -201,7 +206,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             if let Some(d) = a.nearest_train.as_ref().filter(|d| !d.is_dir()) {
                 bail!("--nearest-train: scorer directory {} does not exist", d.display());
             }
-            if !a.real_only && a.nearest_train.is_none() {
+            if a.nearest_caption {
+                a.model = Some(model_dir(a.model.as_deref())?);
+            } else if !a.real_only && a.nearest_train.is_none() {
                 a.model = Some(model_dir(a.model.as_deref())?);
                 if let Some(v) = a.vae.as_ref().filter(|v| !v.is_dir()) {
                     bail!("VAE directory {} does not exist", v.display());
@@ -665,6 +672,7 @@ impl EvalProxy {
         let gen = match &a.nearest_train {
             _ if a.real_only => None,
             Some(dir) => Some(nearest_train::<B>(&data, &scored.items, dir, a.llm_gguf.as_deref(), device)?),
+            None if a.nearest_caption => Some(nearest_caption::<B>(&data, &scored.items, a.model.as_deref().expect("set in run"), device)?),
             None => Some(self.generate::<B>(&data, &scored.items, device)?),
         };
         let gen = match gen {
@@ -876,6 +884,46 @@ fn nearest_train<B: Backend>(data: &Dataset, items: &[usize], dir: &Path, llm_gg
     let secs = start.elapsed().as_secs_f64();
     let generator = serde_json::json!({"kind": "nearest training image", "chooser": dir.display().to_string(),
         "chooser_trained_on": trained_on(&config), "pool": pool.len(), "image_size": data.size, "seconds": secs});
+    Ok(Drawn { images, side: data.size, secs, generator, picks: Some(picks), draws: Vec::new(), reranked: None })
+}
+
+/// The first training image that has each caption.
+fn train_owner(data: &Dataset) -> std::collections::HashMap<&str, usize> {
+    let mut owner = std::collections::HashMap::new();
+    for (j, it) in data.items.iter().enumerate().filter(|(_, it)| it.split == Split::Train) {
+        for c in &it.captions {
+            owner.entry(c.as_str()).or_insert(j);
+        }
+    }
+    owner
+}
+
+/// The copy-the-nearest-caption's-image baseline: for each item's first caption, the training
+/// image that has the caption nearest it in the model's caption index.
+fn nearest_caption<B: Backend>(data: &Dataset, items: &[usize], model: &Path, device: &B::Device) -> Result<Drawn> {
+    let start = Instant::now();
+    let path = model.join(NEIGHBOURS_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("--nearest-caption needs the model's caption index {}", path.display()))?;
+    let index = TextFeatures::from_safetensors(&path.display().to_string(), &bytes)?;
+    let gguf = std::fs::read(find_llm_gguf(&index.spec.gguf_file)?)?;
+    let near = PromptNeighbours::<B>::from_gguf(index, &gguf, device)?;
+    check_index_is_train_only(data, &near.index)?;
+    let owner = train_owner(data);
+    let captions: Vec<String> = items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
+    let found = near.find(&captions, 1)?;
+    let mut picks = Vec::with_capacity(items.len());
+    for (caption, n) in captions.iter().zip(&found) {
+        let c = &n[0].0;
+        match owner.get(c.as_str()) {
+            Some(&j) => picks.push(j),
+            None => bail!("the caption index's {c:?} (nearest {caption:?}) is no training image's caption in {}", data.name),
+        }
+    }
+    let images = picks.iter().map(|&j| data.image(j).to_vec()).collect();
+    let secs = start.elapsed().as_secs_f64();
+    let generator = serde_json::json!({"kind": "nearest caption's training image", "index": path.display().to_string(),
+        "index_captions": near.index.len(), "index_llm_layers": near.index.features.spec.layers, "image_size": data.size, "seconds": secs,
+        "per_item": captions.iter().zip(&found).map(|(p, n)| serde_json::json!({"caption": p, "nearest": n[0]})).collect::<Vec<_>>()});
     Ok(Drawn { images, side: data.size, secs, generator, picks: Some(picks), draws: Vec::new(), reranked: None })
 }
 

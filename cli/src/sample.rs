@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use clap::Args;
 use rfgen_backends::{BackendKind, BackendTask, Precision};
-use rfgen_core::pipeline::{ModelFiles, Pipeline, VaeFiles};
+use rfgen_core::pipeline::{ImageInit, ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::janusflow::GenerationConfig;
 use rfgen_core::structured::preset;
 
@@ -54,6 +54,14 @@ pub struct SampleArgs {
     /// model's generation neighbour_share, else 0.5].
     #[arg(long)]
     neighbour_share: Option<f32>,
+    /// Image-to-image: start from this PNG (center-cropped and resized to the output size) instead
+    /// of pure noise; one for every prompt, or repeat it once per prompt.
+    #[arg(long = "init-image")]
+    init_images: Vec<PathBuf>,
+    /// How much of the init image is redrawn, in (0, 1] (diffusers' img2img strength): the last
+    /// floor(steps · strength) steps run, from the image noised to where they begin.
+    #[arg(long, requires = "init_images")]
+    strength: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -81,6 +89,18 @@ pub struct SampleArgs {
     grid: bool,
 }
 
+/// diffusers' img2img default.
+const DEFAULT_STRENGTH: f64 = 0.8;
+
+/// An init image as RGB8 `side × side`: alpha over white, center crop, resize.
+fn read_init_image(path: &std::path::Path, side: usize) -> Result<Vec<u8>> {
+    use rfgen_core::data::pixels::{composite_on_white, fit_square};
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read --init-image {}", path.display()))?;
+    let (w, h, rgba) = rfgen_core::data::pixels::decode_png_rgba(&path.display().to_string(), &bytes)
+        .with_context(|| format!("--init-image {} is not a readable PNG", path.display()))?;
+    Ok(fit_square(&composite_on_white(w, h, &rgba), side).data)
+}
+
 /// Where the image goes when neither -o nor --dump is given.
 const DEFAULT_OUTPUT: &str = "output.png";
 
@@ -98,6 +118,17 @@ pub fn run(args: SampleArgs) -> Result<()> {
         let count = args.neighbours.unwrap_or(rfgen_core::neighbours::DEFAULT_COUNT);
         let share = args.neighbour_share.unwrap_or(rfgen_core::neighbours::DEFAULT_SHARE);
         rfgen_core::neighbours::NeighbourGuidance { count, share }.validate()?;
+    }
+    if let Some(s) = args.strength {
+        let config = GenerationConfig::default().sample_config(args.steps, args.cfg, args.shift);
+        rfgen_core::pipeline::strength_start_step(s, &config)?;
+    }
+    let n_prompts = args.prompts.len().max(args.token_ids.len());
+    if args.init_images.len() > 1 && args.init_images.len() != n_prompts {
+        bail!("{} --init-image for {n_prompts} prompt(s): give one for all, or one per prompt", args.init_images.len());
+    }
+    if let Some(p) = args.init_images.iter().find(|p| !p.is_file()) {
+        bail!("--init-image {}: no such file", p.display());
     }
     let mut args = args;
     if args.model.is_none() && args.preset.is_none() {
@@ -229,8 +260,18 @@ impl SampleTask {
             }
             progress.step(e.step + 1, e.t);
         };
+        let init = match a.init_images.is_empty() {
+            true => None,
+            false => {
+                let [_, _, h, _] = z0.dims();
+                let side = h * vae_factor;
+                let images = a.init_images.iter().map(|p| read_init_image(p, side)).collect::<Result<Vec<_>>>()?;
+                let images = if images.len() == 1 { vec![images[0].clone(); n] } else { images };
+                Some(ImageInit { latents: pipe.encode_images(&images, side)?, strength: a.strength.unwrap_or(DEFAULT_STRENGTH) })
+            }
+        };
         let out = if self.token_ids.is_empty() {
-            let (out, near) = pipe.generate_prompts(&a.prompts, guidance, z0, &config, on_step)?;
+            let (out, near) = pipe.generate_prompts_from(&a.prompts, guidance, init, z0, &config, on_step)?;
             for (p, n) in a.prompts.iter().zip(near.iter().flatten()) {
                 if n.iter().any(|(c, _)| c != p) {
                     let list: Vec<String> = n.iter().map(|(c, s)| format!("{c:?} ({s:.3})")).collect();
@@ -239,7 +280,13 @@ impl SampleTask {
             }
             out
         } else {
-            pipe.generate(&prompts, z0, &config, on_step)?
+            match init {
+                Some(init) => {
+                    let (z, start) = init.noised(z0, &config)?;
+                    pipe.generate_composed_from(&[prompts], &[1.0], z, start, &config, on_step)?
+                }
+                None => pipe.generate(&prompts, z0, &config, on_step)?,
+            }
         };
 
         let z1_shape = out.z1.dims().to_vec();

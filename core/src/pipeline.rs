@@ -13,7 +13,7 @@ use crate::eval::TextFeatures;
 use crate::llama::LlamaConfig;
 use crate::neighbours::{NeighbourGuidance, PromptNeighbours, DEFAULT_COUNT, DEFAULT_SHARE, NEIGHBOURS_FILE};
 use crate::structured::{FlowGenerator, GeneratorConfig, LlmGguf};
-use crate::sampler::{sample, PromptBatch, SampleConfig, StepEvent, VelocityModel};
+use crate::sampler::{sample_from, PromptBatch, SampleConfig, StepEvent, VelocityModel};
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::{AutoencoderKl, VaeConfig};
 
@@ -221,7 +221,13 @@ impl<B: Backend> Pipeline<B> {
         vae: Option<VaeFiles>,
         device: &B::Device,
     ) -> Result<Self> {
-        let vae = vae.map(|v| AutoencoderKl::load(&v.weights, &v.config, device)).transpose()?;
+        // The encoder too when the VAE directory has it (image-to-image needs it).
+        let vae = vae
+            .map(|v| match v.weights.contains("encoder.conv_in.weight") {
+                true => AutoencoderKl::load_full(&v.weights, &v.config, device),
+                false => AutoencoderKl::load(&v.weights, &v.config, device),
+            })
+            .transpose()?;
         let lc = &model.config.language_config;
         let bos = gen.bos_token_id.or(lc.bos_token_id);
         let tokenizer = match (tokenizer_json, gen.tokenizer.as_deref()) {
@@ -296,6 +302,22 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
+    /// Flow latents of RGB8 images `[n][H·W·3]` of side `side` (the VAE's encoder, posterior mean).
+    pub fn encode_images(&self, images: &[Vec<u8>], side: usize) -> Result<Tensor<B, 4>> {
+        let vae = self.vae.as_ref().filter(|v| v.has_encoder()).ok_or_else(|| {
+            Error::input("an init image needs the VAE's encoder, and this VAE directory has only the decoder")
+        })?;
+        if let Some(i) = images.iter().position(|im| im.len() != side * side * 3) {
+            return Err(Error::input(format!("init image {i} has {} bytes, not {side}x{side} RGB", images[i].len())));
+        }
+        let pixels: Vec<f32> = images
+            .iter()
+            .flat_map(|im| (0..3).flat_map(move |c| im.iter().skip(c).step_by(3).map(|&v| v as f32 / 127.5 - 1.0)))
+            .collect();
+        let x = Tensor::from_data(TensorData::new(pixels, [images.len(), 3, side, side]), &self.device);
+        vae.encode_flow_latent(x)
+    }
+
     /// Text prompts to images. With `guidance`, each prompt is also guided by its nearest indexed
     /// captions (composed guidance); returns them too, `[prompt][k]`.
     pub fn generate_prompts(
@@ -306,25 +328,43 @@ impl<B: Backend> Pipeline<B> {
         config: &SampleConfig,
         on_step: impl FnMut(&StepEvent<B>),
     ) -> Result<(Generated<B>, Option<Vec<Vec<(String, f32)>>>)> {
+        self.generate_prompts_from(prompts, guidance, None, z0, config, on_step)
+    }
+
+    /// [`Pipeline::generate_prompts`], image-to-image when `init` is given: the loop starts from
+    /// the init latents, noised by `z0` to the strength's grid point ([`ImageInit`]).
+    pub fn generate_prompts_from(
+        &self,
+        prompts: &[String],
+        guidance: Option<NeighbourGuidance>,
+        init: Option<ImageInit<B>>,
+        z0: Tensor<B, 4>,
+        config: &SampleConfig,
+        on_step: impl FnMut(&StepEvent<B>),
+    ) -> Result<(Generated<B>, Option<Vec<Vec<(String, f32)>>>)> {
+        let (z0, start) = match init {
+            Some(init) => init.noised(z0, config)?,
+            None => (z0, 0),
+        };
         let ids = self.tokenize(prompts)?;
         let (Some(g), Some(index)) = (guidance, &self.neighbours) else {
             if guidance.is_some() {
                 return Err(Error::input(format!("neighbour guidance needs the model's caption index ({NEIGHBOURS_FILE})")));
             }
-            return Ok((self.generate(&ids, z0, config, on_step)?, None));
+            return Ok((self.generate_composed_from(&[ids], &[1.0], z0, start, config, on_step)?, None));
         };
         g.validate()?;
         let near = index.find(prompts, g.count)?;
         // A prompt that is an indexed caption is its own neighbour: plain guidance for a batch of those.
         if prompts.iter().zip(&near).all(|(p, n)| n.iter().all(|(c, _)| c == p)) {
-            return Ok((self.generate(&ids, z0, config, on_step)?, Some(near)));
+            return Ok((self.generate_composed_from(&[ids], &[1.0], z0, start, config, on_step)?, Some(near)));
         }
         let mut groups = vec![ids];
         for j in 0..g.count {
             let captions: Vec<String> = near.iter().map(|n| n[j].0.clone()).collect();
             groups.push(self.tokenize(&captions)?);
         }
-        Ok((self.generate_composed(&groups, &g.shares(), z0, config, on_step)?, Some(near)))
+        Ok((self.generate_composed_from(&groups, &g.shares(), z0, start, config, on_step)?, Some(near)))
     }
 
     /// [`Pipeline::generate`] with composed guidance: image b is guided by `groups[g][b]` for
@@ -337,11 +377,61 @@ impl<B: Backend> Pipeline<B> {
         config: &SampleConfig,
         on_step: impl FnMut(&StepEvent<B>),
     ) -> Result<Generated<B>> {
+        self.generate_composed_from(groups, shares, z0, 0, config, on_step)
+    }
+
+    /// [`Pipeline::generate_composed`] from grid point `start` of the step grid: `z` is the latent
+    /// at that point ([`crate::sampler::EulerCfg::start_at`]).
+    pub fn generate_composed_from(
+        &self,
+        groups: &[Vec<Vec<u32>>],
+        shares: &[f32],
+        z: Tensor<B, 4>,
+        start: usize,
+        config: &SampleConfig,
+        on_step: impl FnMut(&StepEvent<B>),
+    ) -> Result<Generated<B>> {
         let batch = PromptBatch::composed(groups, shares, self.pad_id)?;
-        let z1 = sample(&self.model, &batch, z0, config, on_step)?;
+        let z1 = sample_from(&self.model, &batch, z, start, config, on_step)?;
         let images = self.vae.as_ref().map(|vae| vae.decode_flow_latent(z1.clone()));
         Ok(Generated { z1, images })
     }
+}
+
+/// Image-to-image (SDEdit, diffusers' img2img `strength`): with N steps the loop runs the last
+/// `floor(N · strength)` of them, from `t·x + (1 − t)·z0` at the grid point t where they begin.
+pub struct ImageInit<B: Backend> {
+    /// Flow latents of the init images `[B, c, h, w]` ([`Pipeline::encode_images`]).
+    pub latents: Tensor<B, 4>,
+    /// In (0, 1]: 1 keeps nothing of the image, smaller keeps more.
+    pub strength: f64,
+}
+
+impl<B: Backend> ImageInit<B> {
+    /// The noised latents and the grid point they belong to.
+    pub fn noised(self, z0: Tensor<B, 4>, config: &SampleConfig) -> Result<(Tensor<B, 4>, usize)> {
+        let start = strength_start_step(self.strength, config)?;
+        if self.latents.dims() != z0.dims() {
+            return Err(Error::input(format!("init latents {:?} do not match the noise {:?}", self.latents.dims(), z0.dims())));
+        }
+        let t = config.time(start);
+        Ok((self.latents.mul_scalar(t) + z0.mul_scalar(1.0 - t), start))
+    }
+}
+
+/// The grid point image-to-image starts at for `strength` ([`ImageInit`]).
+pub fn strength_start_step(strength: f64, config: &SampleConfig) -> Result<usize> {
+    if !strength.is_finite() || strength <= 0.0 || strength > 1.0 {
+        return Err(Error::input(format!("strength must be in (0, 1], got {strength}")));
+    }
+    let run = (config.steps as f64 * strength + 1e-9).floor() as usize;
+    if run == 0 {
+        return Err(Error::input(format!(
+            "strength {strength} with {} steps runs no step (raise --strength or --steps)",
+            config.steps
+        )));
+    }
+    Ok(config.steps - run)
 }
 
 /// Any checkpoint rfgen reads, with what it is and how it is laid out.

@@ -272,6 +272,16 @@ impl<'m, B: Backend, M: VelocityModel<B>> EulerCfg<'m, B, M> {
         Ok(Self { model, cond, z: z0, step: 0, config: *config, shares: batch.shares.clone() })
     }
 
+    /// Starts at grid point `step` instead of 0 (image-to-image: `z0` must then be the latent at
+    /// that step's t, e.g. `t·x + (1 − t)·noise`).
+    pub fn start_at(mut self, step: usize) -> Result<Self> {
+        if step >= self.config.steps {
+            return Err(Error::input(format!("start step {step} is not below the {} steps", self.config.steps)));
+        }
+        self.step = step;
+        Ok(self)
+    }
+
     pub fn is_done(&self) -> bool {
         self.step >= self.config.steps
     }
@@ -327,9 +337,21 @@ pub fn sample<B: Backend, M: VelocityModel<B>>(
     batch: &PromptBatch,
     z0: Tensor<B, 4>,
     config: &SampleConfig,
+    on_step: impl FnMut(&StepEvent<B>),
+) -> Result<Tensor<B, 4>> {
+    sample_from(model, batch, z0, 0, config, on_step)
+}
+
+/// [`sample`] from grid point `start` on ([`EulerCfg::start_at`]).
+pub fn sample_from<B: Backend, M: VelocityModel<B>>(
+    model: &M,
+    batch: &PromptBatch,
+    z: Tensor<B, 4>,
+    start: usize,
+    config: &SampleConfig,
     mut on_step: impl FnMut(&StepEvent<B>),
 ) -> Result<Tensor<B, 4>> {
-    let mut euler = EulerCfg::new(model, batch, z0, config)?;
+    let mut euler = EulerCfg::new(model, batch, z, config)?.start_at(start)?;
     while let Some(o) = euler.step() {
         on_step(&StepEvent {
             step: o.step,
