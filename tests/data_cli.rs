@@ -215,9 +215,9 @@ fn real_sources_when_fetched() {
     let json = dir.join("nearest-caption.json");
     let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-caption", "--n", "6", "--model"]).arg(&model).arg("--out").arg(&json).env("RFGEN_DATA", &built).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(r["baseline"]["kind"], "nearest caption's training image", "{r}");
-    for (it, p) in r["items"].as_array().unwrap().iter().zip(r["baseline"]["per_item"].as_array().unwrap()) {
+    let nc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(nc["baseline"]["kind"], "nearest caption's training image", "{nc}");
+    for (it, p) in nc["items"].as_array().unwrap().iter().zip(nc["baseline"]["per_item"].as_array().unwrap()) {
         let near = p["nearest"][0].as_str().unwrap();
         assert!(firsts.iter().any(|c| c.as_str() == near), "{p}");
         let copied = ds.items.iter().find(|i| i.id == it["nearest_train_id"].as_str().unwrap()).unwrap();
