@@ -266,8 +266,10 @@ impl SampleTask {
                 let [_, _, h, _] = z0.dims();
                 let side = h * vae_factor;
                 let images = a.init_images.iter().map(|p| read_init_image(p, side)).collect::<Result<Vec<_>>>()?;
-                let images = if images.len() == 1 { vec![images[0].clone(); n] } else { images };
-                Some(ImageInit { latents: pipe.encode_images(&images, side)?, strength: a.strength.unwrap_or(DEFAULT_STRENGTH) })
+                // One image for every prompt is encoded once.
+                let latents = pipe.encode_images(&images, side)?;
+                let latents = if images.len() == 1 { latents.repeat_dim(0, n) } else { latents };
+                Some(ImageInit { latents, strength: a.strength.unwrap_or(DEFAULT_STRENGTH) })
             }
         };
         let out = if self.token_ids.is_empty() {

@@ -310,10 +310,7 @@ impl<B: Backend> Pipeline<B> {
         if let Some(i) = images.iter().position(|im| im.len() != side * side * 3) {
             return Err(Error::input(format!("init image {i} has {} bytes, not {side}x{side} RGB", images[i].len())));
         }
-        let pixels: Vec<f32> = images
-            .iter()
-            .flat_map(|im| (0..3).flat_map(move |c| im.iter().skip(c).step_by(3).map(|&v| v as f32 / 127.5 - 1.0)))
-            .collect();
+        let pixels = crate::data::pixels::rgb8_to_nchw(&images.iter().map(Vec::as_slice).collect::<Vec<_>>(), side);
         let x = Tensor::from_data(TensorData::new(pixels, [images.len(), 3, side, side]), &self.device);
         vae.encode_flow_latent(x)
     }

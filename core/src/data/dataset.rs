@@ -247,18 +247,8 @@ impl Dataset {
     /// Images as f32 in [-1, 1] (`x / 127.5 - 1`), layout `[n, 3, H, W]` (NCHW), for the given
     /// indices in their order. Panics on an index `>= len()`.
     pub fn pixels_nchw(&self, indices: &[usize]) -> Vec<f32> {
-        let plane = self.size * self.size;
-        let mut out = vec![0f32; indices.len() * 3 * plane];
-        for (k, &i) in indices.iter().enumerate() {
-            let img = self.image(i);
-            let dst = &mut out[k * 3 * plane..(k + 1) * 3 * plane];
-            for p in 0..plane {
-                for c in 0..3 {
-                    dst[c * plane + p] = img[p * 3 + c] as f32 / 127.5 - 1.0;
-                }
-            }
-        }
-        out
+        let images: Vec<&[u8]> = indices.iter().map(|&i| self.image(i)).collect();
+        super::pixels::rgb8_to_nchw(&images, self.size)
     }
 
     /// Images, distinct bases, how many of each are held out, captions per image.
