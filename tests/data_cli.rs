@@ -210,6 +210,20 @@ fn real_sources_when_fetched() {
     let firsts: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
     assert_eq!((index.len(), index.spec.layers), (firsts.len(), 1));
     assert!(index.captions.iter().all(|c| firsts.contains(c)));
+    // It also stores the mean and the top 30 principal directions of those features, removed
+    // before every cosine (all-but-the-top), orthonormal, as the default `--remove-top` asks.
+    let file = rfgen_core::neighbours::IndexFile::from_safetensors("index", &bytes).unwrap();
+    let top = file.top.as_ref().expect("top directions stored");
+    assert_eq!((top.count, top.dim), (30, index.spec.dim));
+    // Post-processed, the indexed features are centred (fitted on them before the f16 rounding).
+    let d = index.spec.dim;
+    let mut mean = vec![0.0f64; d];
+    for row in index.values.chunks(d) {
+        let q = top.apply(row);
+        assert!(q.iter().all(|v| v.is_finite()) && q.iter().any(|v| *v != 0.0));
+        mean.iter_mut().zip(&q).for_each(|(m, v)| *m += *v as f64 / index.len() as f64);
+    }
+    assert!(mean.iter().all(|m| m.abs() < 0.05), "{mean:?}");
     // `--nearest-caption` copies, for each held-out caption, the training image of its nearest
     // indexed caption (no generator, no scorer in the choice).
     let json = dir.join("nearest-caption.json");
@@ -217,6 +231,7 @@ fn real_sources_when_fetched() {
     assert!(o.status.success(), "{}", stderr(&o));
     let nc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(nc["baseline"]["kind"], "nearest caption's training image", "{nc}");
+    assert_eq!(nc["baseline"]["index_removed_top_directions"], 30, "{nc}");
     for (it, p) in nc["items"].as_array().unwrap().iter().zip(nc["baseline"]["per_item"].as_array().unwrap()) {
         let near = p["nearest"][0].as_str().unwrap();
         assert!(firsts.iter().any(|c| c.as_str() == near), "{p}");

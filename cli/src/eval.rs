@@ -23,7 +23,7 @@ use rfgen_core::eval::{
 };
 use rfgen_core::pipeline::{find_llm_gguf, ModelFiles, Pipeline, VaeFiles};
 use rfgen_core::janusflow::GenerationConfig;
-use rfgen_core::neighbours::{CaptionIndex, PromptNeighbours, NEIGHBOURS_FILE};
+use rfgen_core::neighbours::{CaptionIndex, IndexFile, PromptNeighbours, NEIGHBOURS_FILE};
 use rfgen_core::sampler::VelocityModel;
 
 use crate::output::{check_output, grid, write_atomic, write_png};
@@ -904,8 +904,8 @@ fn nearest_caption<B: Backend>(data: &Dataset, items: &[usize], model: &Path, de
     let start = Instant::now();
     let path = model.join(NEIGHBOURS_FILE);
     let bytes = std::fs::read(&path).with_context(|| format!("--nearest-caption needs the model's caption index {}", path.display()))?;
-    let index = TextFeatures::from_safetensors(&path.display().to_string(), &bytes)?;
-    let gguf = std::fs::read(find_llm_gguf(&index.spec.gguf_file)?)?;
+    let index = IndexFile::from_safetensors(&path.display().to_string(), &bytes)?;
+    let gguf = std::fs::read(find_llm_gguf(&index.features.spec.gguf_file)?)?;
     let near = PromptNeighbours::<B>::from_gguf(index, &gguf, device)?;
     check_index_is_train_only(data, &near.index)?;
     let owner = train_owner(data);
@@ -922,7 +922,8 @@ fn nearest_caption<B: Backend>(data: &Dataset, items: &[usize], model: &Path, de
     let images = picks.iter().map(|&j| data.image(j).to_vec()).collect();
     let secs = start.elapsed().as_secs_f64();
     let generator = serde_json::json!({"kind": "nearest caption's training image", "index": path.display().to_string(),
-        "index_captions": near.index.len(), "index_llm_layers": near.index.features.spec.layers, "image_size": data.size, "seconds": secs,
+        "index_captions": near.index.len(), "index_llm_layers": near.index.features.spec.layers,
+        "index_removed_top_directions": near.index.top.as_ref().map_or(0, |t| t.count), "image_size": data.size, "seconds": secs,
         "per_item": captions.iter().zip(&found).map(|(p, n)| serde_json::json!({"caption": p, "nearest": n[0]})).collect::<Vec<_>>()});
     Ok(Drawn { images, side: data.size, secs, generator, picks: Some(picks), draws: Vec::new(), reranked: None })
 }

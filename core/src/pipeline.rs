@@ -9,9 +9,8 @@ use crate::error::{Error, Result};
 use crate::checkpoint::VarBuilder;
 use crate::convert::{Manifest, ModelKind};
 use crate::janusflow::{GenerationConfig, JanusFlowConfig};
-use crate::eval::TextFeatures;
 use crate::llama::LlamaConfig;
-use crate::neighbours::{NeighbourGuidance, PromptNeighbours, DEFAULT_COUNT, DEFAULT_SHARE, NEIGHBOURS_FILE};
+use crate::neighbours::{IndexFile, NeighbourGuidance, PromptNeighbours, DEFAULT_COUNT, DEFAULT_SHARE, NEIGHBOURS_FILE};
 use crate::structured::{FlowGenerator, GeneratorConfig, LlmGguf};
 use crate::sampler::{sample_from, PromptBatch, SampleConfig, StepEvent, VelocityModel};
 use crate::tokenizer::PromptTokenizer;
@@ -25,7 +24,7 @@ pub struct ModelFiles {
     pub weights: Weights,
     pub tokenizer_json: Option<Vec<u8>>,
     /// The caption index for neighbour guidance (`neighbours.safetensors`), when the directory has one.
-    pub neighbours: Option<TextFeatures>,
+    pub neighbours: Option<IndexFile>,
 }
 
 impl ModelFiles {
@@ -51,7 +50,7 @@ impl ModelFiles {
         let index = dir.join(NEIGHBOURS_FILE);
         let neighbours = if index.is_file() {
             let bytes = std::fs::read(&index).map_err(|e| Error::Io(format!("cannot read {}: {e}", index.display())))?;
-            Some(TextFeatures::from_safetensors(&index.display().to_string(), &bytes)?)
+            Some(IndexFile::from_safetensors(&index.display().to_string(), &bytes)?)
         } else {
             None
         };
@@ -185,7 +184,7 @@ impl<B: Backend> Pipeline<B> {
         let model = FlowGenerator::load(&files.weights, &files.config, device)?;
         let mut pipe = Self::assemble(model, files.generation, files.tokenizer_json, vae, device)?;
         if let Some(index) = files.neighbours {
-            let path = find_llm_gguf(&index.spec.gguf_file)?;
+            let path = find_llm_gguf(&index.features.spec.gguf_file)?;
             let bytes = std::fs::read(&path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
             pipe.neighbours = Some(PromptNeighbours::from_gguf(index, &bytes, device)?);
         }

@@ -191,26 +191,35 @@ impl TextFeatures {
     /// A safetensors file: `features` f32 `[n, dim]`, the spec and the captions in its metadata.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.serialize(safetensors::Dtype::F32, &bytes)
+        self.serialize(safetensors::Dtype::F32, &bytes, &[])
     }
 
     /// [`TextFeatures::to_safetensors`] with the features in f16 (half the size, for shipping).
     pub fn to_safetensors_f16(&self) -> Result<Vec<u8>> {
+        self.to_safetensors_f16_with(&[])
+    }
+
+    /// [`TextFeatures::to_safetensors_f16`] plus `extra` f32 tensors (name, shape, values).
+    pub fn to_safetensors_f16_with(&self, extra: &[(&str, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
         if let Some(v) = self.values.iter().find(|v| v.abs() > f32::from(half::f16::MAX)) {
             return Err(Error::input(format!("a text feature ({v}) is out of f16 range")));
         }
         let bytes: Vec<u8> = self.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
-        self.serialize(safetensors::Dtype::F16, &bytes)
+        self.serialize(safetensors::Dtype::F16, &bytes, extra)
     }
 
-    fn serialize(&self, dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<u8>> {
-        let view = safetensors::tensor::TensorView::new(dtype, vec![self.len(), self.spec.dim], bytes)
-            .map_err(|e| Error::Io(format!("text features: {e:?}")))?;
+    fn serialize(&self, dtype: safetensors::Dtype, bytes: &[u8], extra: &[(&str, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+        let err = |e: safetensors::SafeTensorError| Error::Io(format!("text features: {e:?}"));
+        let extra_bytes: Vec<Vec<u8>> = extra.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let mut views = vec![(FEATURES, safetensors::tensor::TensorView::new(dtype, vec![self.len(), self.spec.dim], bytes).map_err(err)?)];
+        for ((name, shape, _), b) in extra.iter().zip(&extra_bytes) {
+            views.push((*name, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map_err(err)?));
+        }
         let meta = HashMap::from([
             (META_SPEC.to_string(), serde_json::to_string(&self.spec).expect("serialisable")),
             (META_CAPTIONS.to_string(), serde_json::to_string(&self.captions).expect("serialisable")),
         ]);
-        safetensors::serialize([(FEATURES, view)], Some(meta)).map_err(|e| Error::Io(format!("text features: {e:?}")))
+        safetensors::serialize(views, Some(meta)).map_err(err)
     }
 
     pub fn from_safetensors(source: &str, bytes: &[u8]) -> Result<Self> {

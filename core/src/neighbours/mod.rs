@@ -3,12 +3,18 @@
 //! cosine similarity. A prompt the generator never saw can then be guided by the captions it
 //! learned that the LLM reads as closest ([`crate::sampler::PromptBatch::composed`]), the
 //! training-free cousin of retrieval-augmented generation (Re-Imagen, kNN-Diffusion). No
-//! image–text scorer is involved: only the frozen LLM's features.
+//! image–text scorer is involved: only the frozen LLM's features, post-processed as the index
+//! file says ([`TopDirections`]).
+
+mod top_directions;
 
 use burn::tensor::backend::Backend;
 
+use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
 use crate::eval::{ProxyTextEncoder, TextFeatures};
+
+pub use top_directions::TopDirections;
 
 /// The index's file in a model directory (`rfgen-cli index-captions` writes it).
 pub const NEIGHBOURS_FILE: &str = "neighbours.safetensors";
@@ -51,8 +57,8 @@ pub struct PromptNeighbours<B: Backend> {
 
 impl<B: Backend> PromptNeighbours<B> {
     /// `gguf`: the bytes of the LLM the index was built with (checked by sha256).
-    pub fn from_gguf(index: TextFeatures, gguf: &[u8], device: &B::Device) -> Result<Self> {
-        let spec = index.spec.clone();
+    pub fn from_gguf(index: IndexFile, gguf: &[u8], device: &B::Device) -> Result<Self> {
+        let spec = index.features.spec.clone();
         let encoder = ProxyTextEncoder::from_gguf(&spec.gguf_file, gguf, spec.layers, device)?;
         if encoder.spec != spec {
             return Err(Error::input(format!(
@@ -87,10 +93,44 @@ impl<B: Backend> PromptNeighbours<B> {
     }
 }
 
-/// Unit-normalised caption features, searched by dot product. Build one with
-/// [`TextFeatures`] of the training captions ([`crate::eval::ProxyTextEncoder::features`]).
+/// `neighbours.safetensors`: the indexed captions' raw features (f16, with the spec and the
+/// captions in the metadata, as [`TextFeatures`] stores them) and, when it was built with them,
+/// the top directions removed before the cosine (f32).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexFile {
+    pub features: TextFeatures,
+    pub top: Option<TopDirections>,
+}
+
+impl IndexFile {
+    /// Features of the captions to index; with `remove_top` > 0, the mean and that many top
+    /// principal directions fitted on them are removed before every cosine.
+    pub fn build(features: TextFeatures, remove_top: usize) -> Result<Self> {
+        let top = match remove_top {
+            0 => None,
+            k => Some(TopDirections::fit(&features.values, features.spec.dim, k)?),
+        };
+        Ok(Self { features, top })
+    }
+
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let extra = self.top.as_ref().map(|t| t.tensors().to_vec()).unwrap_or_default();
+        self.features.to_safetensors_f16_with(&extra)
+    }
+
+    pub fn from_safetensors(source: &str, bytes: &[u8]) -> Result<Self> {
+        let features = TextFeatures::from_safetensors(source, bytes)?;
+        let w = Weights::from_safetensors(source, bytes.to_vec())?;
+        let top = TopDirections::from_weights(source, &w, features.spec.dim)?;
+        Ok(Self { features, top })
+    }
+}
+
+/// Unit-normalised (post-processed) caption features, searched by dot product. Build one from an
+/// [`IndexFile`] of the training captions ([`crate::eval::ProxyTextEncoder::features`]).
 pub struct CaptionIndex {
     pub features: TextFeatures,
+    pub top: Option<TopDirections>,
     unit: Vec<f32>,
 }
 
@@ -103,17 +143,26 @@ fn unit(v: &[f32], what: &str) -> Result<Vec<f32>> {
     Ok(v.iter().map(|x| (*x as f64 / norm) as f32).collect())
 }
 
+fn post_process(top: &Option<TopDirections>, x: &[f32]) -> Vec<f32> {
+    match top {
+        Some(t) => t.apply(x),
+        None => x.to_vec(),
+    }
+}
+
 impl CaptionIndex {
-    pub fn new(features: TextFeatures) -> Result<Self> {
+    pub fn new(file: IndexFile) -> Result<Self> {
+        let IndexFile { features, top } = file;
         if features.is_empty() {
             return Err(Error::input("the caption index is empty"));
         }
         let d = features.spec.dim;
         let mut values = Vec::with_capacity(features.values.len());
         for (i, row) in features.values.chunks(d).enumerate() {
-            values.extend(unit(row, &format!("indexed caption {:?}", features.captions[i]))?);
+            let what = format!("indexed caption {:?}", features.captions[i]);
+            values.extend(unit(&post_process(&top, row), &what)?);
         }
-        Ok(Self { features, unit: values })
+        Ok(Self { features, top, unit: values })
     }
 
     pub fn len(&self) -> usize {
@@ -131,7 +180,7 @@ impl CaptionIndex {
         if query.len() != d {
             return Err(Error::input(format!("a query feature of {} values for an index of dimension {d}", query.len())));
         }
-        let q = unit(query, "the prompt")?;
+        let q = unit(&post_process(&self.top, query), "the prompt")?;
         let mut scored: Vec<(usize, f32)> = self
             .unit
             .chunks(d)
@@ -158,7 +207,24 @@ mod tests {
         let spec = TextFeatureSpec { gguf_file: "x.gguf".into(), gguf_sha256: "0".into(), layers: 1, dim: 3, pool: "final-norm-mean".into() };
         let captions = rows.iter().map(|r| r.0.to_string()).collect();
         let values = rows.iter().flat_map(|r| r.1).collect();
-        CaptionIndex::new(TextFeatures::new(spec, captions, values).unwrap()).unwrap()
+        CaptionIndex::new(IndexFile { features: TextFeatures::new(spec, captions, values).unwrap(), top: None }).unwrap()
+    }
+
+    #[test]
+    fn removing_the_top_direction_lets_meaning_outweigh_a_shared_nuisance() {
+        // e1 varies most (a nuisance such as length); e2 / e3 carry the meaning.
+        let spec = TextFeatureSpec { gguf_file: "x.gguf".into(), gguf_sha256: "0".into(), layers: 1, dim: 4, pool: "final-norm-mean".into() };
+        let captions: Vec<String> = ["apple", "pear", "plum"].map(String::from).to_vec();
+        let values = vec![10.0, 5.0, 1.0, 0.0, 10.0, -5.0, 0.0, 1.0, 10.0, 5.0, 0.0, 1.0];
+        let features = TextFeatures::new(spec, captions, values).unwrap();
+        let query = [10.0, -5.0, 1.0, 0.0];
+        let plain = CaptionIndex::new(IndexFile::build(features.clone(), 0).unwrap()).unwrap();
+        assert_eq!(plain.caption(plain.nearest(&query, 1, None).unwrap()[0].0), "pear");
+        let file = IndexFile::build(features, 1).unwrap();
+        let loaded = IndexFile::from_safetensors("neighbours.safetensors", &file.to_safetensors().unwrap()).unwrap();
+        assert_eq!(loaded, file);
+        let abtt = CaptionIndex::new(loaded).unwrap();
+        assert_eq!(abtt.caption(abtt.nearest(&query, 1, None).unwrap()[0].0), "apple");
     }
 
     #[test]
@@ -190,7 +256,8 @@ mod tests {
         assert!(ix.nearest(&[f32::NAN, 0.0, 0.0], 1, None).is_err());
         let spec = TextFeatureSpec { gguf_file: "x".into(), gguf_sha256: "0".into(), layers: 1, dim: 2, pool: "p".into() };
         let zero = TextFeatures::new(spec.clone(), vec!["blank".into()], vec![0.0, 0.0]).unwrap();
-        assert!(CaptionIndex::new(zero).err().unwrap().to_string().contains("blank"));
-        assert!(CaptionIndex::new(TextFeatures::empty(spec)).is_err());
+        assert!(CaptionIndex::new(IndexFile { features: zero, top: None }).err().unwrap().to_string().contains("blank"));
+        assert!(CaptionIndex::new(IndexFile { features: TextFeatures::empty(spec.clone()), top: None }).is_err());
+        assert!(IndexFile::build(TextFeatures::new(spec, vec!["a".into()], vec![1.0, 0.0]).unwrap(), 1).is_err());
     }
 }
