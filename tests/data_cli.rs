@@ -187,9 +187,9 @@ fn real_sources_when_fetched() {
     assert!(r["proxy_real_top1"].as_f64().unwrap() > 0.5 && r["proxy_gen_top5"].as_f64().is_some(), "{r}");
     assert!(r["proxy_scorer"].as_str().unwrap().ends_with("models/proxy-clip"), "{r}");
     // The default model guides unseen captions by their nearest training caption too (its caption
-    // index); every neighbour is a training caption.
+    // index, with the share its config gives); every neighbour is a training caption.
     let g = &r["generator"]["neighbours"];
-    assert_eq!((g["count"].as_u64(), g["share"].as_f64()), (Some(1), Some(0.5)), "{r}");
+    assert_eq!((g["count"].as_u64(), g["share"].as_f64()), (Some(1), Some(0.75)), "{r}");
     let train_captions: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).flat_map(|i| &i.captions).collect();
     for it in g["per_item"].as_array().unwrap() {
         let n = it["neighbours"][0][0].as_str().unwrap().to_string();
