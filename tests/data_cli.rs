@@ -211,7 +211,7 @@ fn real_sources_when_fetched() {
     assert_eq!((index.len(), index.spec.layers), (firsts.len(), 1));
     assert!(index.captions.iter().all(|c| firsts.contains(c)));
     // It also stores the mean and the top 30 principal directions of those features, removed
-    // before every cosine (all-but-the-top), orthonormal, as the default `--remove-top` asks.
+    // before every cosine (all-but-the-top), as the default `--remove-top` asks.
     let file = rfgen_core::neighbours::IndexFile::from_safetensors("index", &bytes).unwrap();
     let top = file.top.as_ref().expect("top directions stored");
     assert_eq!((top.count, top.dim), (30, index.spec.dim));

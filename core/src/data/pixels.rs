@@ -191,6 +191,20 @@ pub fn encode_png_rgb(img: &Rgb) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// RGB8 images `[H·W·3]` of side `side` as f32 in [-1, 1] (`x / 127.5 - 1`), layout `[n, 3, H, W]`.
+pub fn rgb8_to_nchw(images: &[&[u8]], side: usize) -> Vec<f32> {
+    let plane = side * side;
+    let mut out = vec![0f32; images.len() * 3 * plane];
+    for (img, dst) in images.iter().zip(out.chunks_mut(3 * plane)) {
+        for p in 0..plane {
+            for c in 0..3 {
+                dst[c * plane + p] = img[p * 3 + c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,18 +267,4 @@ mod tests {
         let err = decode_png_rgba("dir/junk.png", b"not a png").unwrap_err().to_string();
         assert!(err.contains("dir/junk.png"), "{err}");
     }
-}
-
-/// RGB8 images `[H·W·3]` of side `side` as f32 in [-1, 1] (`x / 127.5 - 1`), layout `[n, 3, H, W]`.
-pub fn rgb8_to_nchw(images: &[&[u8]], side: usize) -> Vec<f32> {
-    let plane = side * side;
-    let mut out = vec![0f32; images.len() * 3 * plane];
-    for (img, dst) in images.iter().zip(out.chunks_mut(3 * plane)) {
-        for p in 0..plane {
-            for c in 0..3 {
-                dst[c * plane + p] = img[p * 3 + c] as f32 / 127.5 - 1.0;
-            }
-        }
-    }
-    out
 }

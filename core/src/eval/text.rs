@@ -223,6 +223,11 @@ impl TextFeatures {
     }
 
     pub fn from_safetensors(source: &str, bytes: &[u8]) -> Result<Self> {
+        Self::read_safetensors(source, bytes).map(|(features, _)| features)
+    }
+
+    /// [`TextFeatures::from_safetensors`], with every tensor of the file for whatever else it holds.
+    pub fn read_safetensors(source: &str, bytes: &[u8]) -> Result<(Self, Weights)> {
         let bad = |m: String| Error::checkpoint(source, m);
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e:?}")))?;
         let m = meta.metadata().clone().unwrap_or_default();
@@ -236,6 +241,6 @@ impl TextFeatures {
             .read_f32(FEATURES)
             .ok_or_else(|| bad(format!("no {FEATURES} tensor")))?
             .map_err(|d| bad(format!("{FEATURES} has dtype {d}")))?;
-        Self::new(spec, captions, values).map_err(|e| bad(e.to_string()))
+        Ok((Self::new(spec, captions, values).map_err(|e| bad(e.to_string()))?, w))
     }
 }

@@ -10,7 +10,6 @@ mod top_directions;
 
 use burn::tensor::backend::Backend;
 
-use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
 use crate::eval::{ProxyTextEncoder, TextFeatures};
 
@@ -119,8 +118,7 @@ impl IndexFile {
     }
 
     pub fn from_safetensors(source: &str, bytes: &[u8]) -> Result<Self> {
-        let features = TextFeatures::from_safetensors(source, bytes)?;
-        let w = Weights::from_safetensors(source, bytes.to_vec())?;
+        let (features, w) = TextFeatures::read_safetensors(source, bytes)?;
         let top = TopDirections::from_weights(source, &w, features.spec.dim)?;
         Ok(Self { features, top })
     }
