@@ -195,7 +195,7 @@ fn real_sources_when_fetched() {
         let n = it["neighbours"][0][0].as_str().unwrap().to_string();
         assert!(train_captions.contains(&n) && n != it["caption"].as_str().unwrap(), "{it}");
     }
-    // `index-captions` indexes the first caption of each training image; an index that holds a
+    // `index-captions` indexes every caption of the training images; an index that holds a
     // held-out caption is refused by `eval proxy-clip`, which would otherwise leak it.
     let model = dir.join("indexed-model");
     std::fs::create_dir_all(&model).unwrap();
@@ -207,15 +207,16 @@ fn real_sources_when_fetched() {
     assert!(o.status.success(), "{}", stderr(&o));
     let bytes = std::fs::read(model.join("neighbours.safetensors")).unwrap();
     let index = rfgen_core::eval::TextFeatures::from_safetensors("index", &bytes).unwrap();
-    let firsts: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
-    assert_eq!((index.len(), index.spec.layers), (firsts.len(), 1));
-    assert!(index.captions.iter().all(|c| firsts.contains(c)));
+    assert_eq!((index.len(), index.spec.layers), (train_captions.len(), 1));
+    assert!(index.captions.iter().all(|c| train_captions.contains(c)));
+    // Stored as 8-bit codes around the features' mean: about a byte per value.
+    assert!(bytes.len() < index.len() * index.spec.dim * 5 / 4, "{} bytes", bytes.len());
     // It also stores the mean and the top 30 principal directions of those features, removed
     // before every cosine (all-but-the-top), as the default `--remove-top` asks.
     let file = rfgen_core::neighbours::IndexFile::from_safetensors("index", &bytes).unwrap();
     let top = file.top.as_ref().expect("top directions stored");
     assert_eq!((top.count, top.dim), (30, index.spec.dim));
-    // Post-processed, the indexed features are centred (fitted on them before the f16 rounding).
+    // Post-processed, the indexed features are centred (fitted on them before the 8-bit coding).
     let d = index.spec.dim;
     let mut mean = vec![0.0f64; d];
     for row in index.values.chunks(d) {
@@ -224,6 +225,15 @@ fn real_sources_when_fetched() {
         mean.iter_mut().zip(&q).for_each(|(m, v)| *m += *v as f64 / index.len() as f64);
     }
     assert!(mean.iter().all(|m| m.abs() < 0.05), "{mean:?}");
+    // `--captions first` indexes each training image's first caption only.
+    let first_model = dir.join("indexed-first");
+    std::fs::create_dir_all(&first_model).unwrap();
+    std::fs::copy(shipped.join("config.json"), first_model.join("config.json")).unwrap();
+    let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--captions", "first", "--model"]).arg(&first_model).arg("--data").arg(&built).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = rfgen_core::eval::TextFeatures::from_safetensors("index", &std::fs::read(first_model.join("neighbours.safetensors")).unwrap()).unwrap();
+    let firsts: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
+    assert!(first.len() == firsts.len() && first.captions.iter().all(|c| firsts.contains(c)) && firsts.len() < index.len());
     // `--nearest-caption` copies, for each held-out caption, the training image of its nearest
     // indexed caption (no generator, no scorer in the choice).
     let json = dir.join("nearest-caption.json");
@@ -234,7 +244,7 @@ fn real_sources_when_fetched() {
     assert_eq!(nc["baseline"]["index_removed_top_directions"], 30, "{nc}");
     for (it, p) in nc["items"].as_array().unwrap().iter().zip(nc["baseline"]["per_item"].as_array().unwrap()) {
         let near = p["nearest"][0].as_str().unwrap();
-        assert!(firsts.iter().any(|c| c.as_str() == near), "{p}");
+        assert!(train_captions.iter().any(|c| c.as_str() == near), "{p}");
         let copied = ds.items.iter().find(|i| i.id == it["nearest_train_id"].as_str().unwrap()).unwrap();
         assert!(copied.split == Split::Train && copied.captions.iter().any(|c| c == near), "{it} {p}");
         assert!(it["proxy_gen_rank"].as_u64().unwrap() >= 1);

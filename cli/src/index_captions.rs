@@ -21,10 +21,14 @@ pub struct IndexCaptionsArgs {
     /// Model directory to write neighbours.safetensors into [default: the model `sample` uses].
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Dataset whose training split is indexed (the first caption of each training image)
-    /// [default: $RFGEN_DATA or ~/.cache/rfgen/emoji].
+    /// Dataset whose training split is indexed [default: $RFGEN_DATA or ~/.cache/rfgen/emoji].
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Which captions of each training image to index: `first` (its name) or `all` (every
+    /// caption it was trained with: names, annotations, tags; chosen on the emoji set's training
+    /// split, docs/eval/neighbour-captions/).
+    #[arg(long, value_enum, default_value_t = IndexedCaptions::All)]
+    captions: IndexedCaptions,
     /// The LLM's first N layers pool each caption (final RMSNorm, mean over tokens).
     #[arg(long, default_value_t = 8)]
     layers: usize,
@@ -37,6 +41,12 @@ pub struct IndexCaptionsArgs {
     llm_gguf: Option<PathBuf>,
     #[arg(long, default_value = "ndarray")]
     backend: String,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexedCaptions {
+    First,
+    All,
 }
 
 /// Chosen on the emoji set's training split alone (docs/eval/neighbour-metric/: ten folds of
@@ -77,8 +87,12 @@ impl IndexTask {
             .items
             .iter()
             .filter(|it| it.split == Split::Train)
-            .filter_map(|it| it.captions.first().cloned())
-            .filter(|c| seen.insert(c.clone()))
+            .flat_map(|it| match a.captions {
+                IndexedCaptions::First => &it.captions[..it.captions.len().min(1)],
+                IndexedCaptions::All => &it.captions[..],
+            })
+            .filter(|c| seen.insert((*c).clone()))
+            .cloned()
             .collect();
         if captions.is_empty() {
             bail!("{} has no training-split captions to index", data_dir.display());

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use burn::tensor::backend::Backend;
 
 use super::proxy_clip::{TextFeatureSpec, POOL};
-use crate::checkpoint::Weights;
+use crate::checkpoint::{StoredDtype, Weights};
+use safetensors::Dtype;
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgufTokenizer};
 use crate::llama::{Llama, LlamaConfig};
@@ -120,6 +121,9 @@ pub struct TextFeatures {
 }
 
 const FEATURES: &str = "features";
+const FEATURES_Q8: &str = "features_q8";
+const FEATURES_SCALE: &str = "features_scale";
+const FEATURES_CENTER: &str = "features_center";
 const META_SPEC: &str = "proxy_text_spec";
 const META_CAPTIONS: &str = "captions";
 
@@ -191,29 +195,47 @@ impl TextFeatures {
     /// A safetensors file: `features` f32 `[n, dim]`, the spec and the captions in its metadata.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.serialize(safetensors::Dtype::F32, &bytes, &[])
+        self.serialize(vec![(FEATURES, Dtype::F32, vec![self.len(), self.spec.dim], bytes)], &[])
     }
 
-    /// [`TextFeatures::to_safetensors`] with the features in f16 (half the size, for shipping).
-    pub fn to_safetensors_f16(&self) -> Result<Vec<u8>> {
-        self.to_safetensors_f16_with(&[])
-    }
-
-    /// [`TextFeatures::to_safetensors_f16`] plus `extra` f32 tensors (name, shape, values).
-    pub fn to_safetensors_f16_with(&self, extra: &[(&str, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
-        if let Some(v) = self.values.iter().find(|v| v.abs() > f32::from(half::f16::MAX)) {
-            return Err(Error::input(format!("a text feature ({v}) is out of f16 range")));
+    /// A quarter of the f32 size: each row as 8-bit codes around the features' mean,
+    /// `row = features_center + features_scale[row] · features_q8[row]` (one scale per row, its
+    /// largest deviation / 127), plus `extra` f32 tensors. Mean-pooled LLM features share a large
+    /// mean, so coding the deviations keeps what tells captions apart.
+    pub fn to_safetensors_q8_with(&self, extra: &[(&str, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+        let (n, d) = (self.len(), self.spec.dim);
+        if let Some(v) = self.values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::input(format!("a text feature ({v}) is not finite")));
         }
-        let bytes: Vec<u8> = self.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
-        self.serialize(safetensors::Dtype::F16, &bytes, extra)
+        let mut center = vec![0.0f64; d];
+        for row in self.values.chunks(d) {
+            center.iter_mut().zip(row).for_each(|(c, v)| *c += *v as f64 / n.max(1) as f64);
+        }
+        let center: Vec<f32> = center.into_iter().map(|c| c as f32).collect();
+        let (mut codes, mut scales) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
+        for row in self.values.chunks(d) {
+            let scale = row.iter().zip(&center).map(|(v, c)| (v - c).abs()).fold(0.0f32, f32::max) / 127.0;
+            codes.extend(row.iter().zip(&center).map(|(v, c)| if scale > 0.0 { ((v - c) / scale).round().clamp(-127.0, 127.0) as i8 as u8 } else { 0 }));
+            scales.push(scale);
+        }
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let tensors = vec![
+            (FEATURES_Q8, Dtype::I8, vec![n, d], codes),
+            (FEATURES_SCALE, Dtype::F32, vec![n], f32_bytes(&scales)),
+            (FEATURES_CENTER, Dtype::F32, vec![d], f32_bytes(&center)),
+        ];
+        self.serialize(tensors, extra)
     }
 
-    fn serialize(&self, dtype: safetensors::Dtype, bytes: &[u8], extra: &[(&str, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+    fn serialize(&self, features: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>, extra: &[(&str, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
         let err = |e: safetensors::SafeTensorError| Error::Io(format!("text features: {e:?}"));
         let extra_bytes: Vec<Vec<u8>> = extra.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
-        let mut views = vec![(FEATURES, safetensors::tensor::TensorView::new(dtype, vec![self.len(), self.spec.dim], bytes).map_err(err)?)];
+        let mut views = Vec::new();
+        for (name, dtype, shape, bytes) in &features {
+            views.push((*name, safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(err)?));
+        }
         for ((name, shape, _), b) in extra.iter().zip(&extra_bytes) {
-            views.push((*name, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map_err(err)?));
+            views.push((*name, safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b).map_err(err)?));
         }
         let meta = HashMap::from([
             (META_SPEC.to_string(), serde_json::to_string(&self.spec).expect("serialisable")),
@@ -237,10 +259,89 @@ impl TextFeatures {
             serde_json::from_str(m.get(META_CAPTIONS).ok_or_else(|| bad(format!("no {META_CAPTIONS} metadata")))?)
                 .map_err(|e| bad(format!("{META_CAPTIONS}: {e}")))?;
         let w = Weights::from_safetensors(source, bytes.to_vec())?;
-        let values = w
-            .read_f32(FEATURES)
-            .ok_or_else(|| bad(format!("no {FEATURES} tensor")))?
-            .map_err(|d| bad(format!("{FEATURES} has dtype {d}")))?;
+        let values = match w.read_f32(FEATURES) {
+            Some(v) => v.map_err(|d| bad(format!("{FEATURES} has dtype {d}")))?,
+            None if w.contains(FEATURES_Q8) => read_q8(&w, captions.len(), spec.dim).map_err(bad)?,
+            None => return Err(bad(format!("no {FEATURES} tensor (nor {FEATURES_Q8})"))),
+        };
         Ok((Self::new(spec, captions, values).map_err(|e| bad(e.to_string()))?, w))
+    }
+}
+
+/// The features of [`TextFeatures::to_safetensors_q8_with`], `[n, d]`.
+fn read_q8(w: &Weights, n: usize, d: usize) -> std::result::Result<Vec<f32>, String> {
+    let float = |name: &str, len: usize| -> std::result::Result<Vec<f32>, String> {
+        let v = w.read_f32(name).ok_or(format!("{FEATURES_Q8} without {name}"))?.map_err(|t| format!("{name} has dtype {t}"))?;
+        if v.len() != len {
+            return Err(format!("{name} has {} values, not {len}", v.len()));
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(format!("{name} has non-finite values"));
+        }
+        Ok(v)
+    };
+    let (scale, center) = (float(FEATURES_SCALE, n)?, float(FEATURES_CENTER, d)?);
+    if w.dtype(FEATURES_Q8) != Some(StoredDtype::I8) || w.shape(FEATURES_Q8) != Some(&[n, d][..]) {
+        return Err(format!("{FEATURES_Q8} must be I8 [{n}, {d}] ({n} captions of dimension {d})"));
+    }
+    let codes = w.raw(FEATURES_Q8).expect("present");
+    Ok(codes.chunks(d).zip(&scale).flat_map(|(row, s)| row.iter().zip(&center).map(move |(q, c)| c + s * (*q as i8) as f32)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(values: Vec<f32>) -> TextFeatures {
+        let spec = TextFeatureSpec { gguf_file: "x.gguf".into(), gguf_sha256: "0".into(), layers: 1, dim: 3, pool: POOL.into() };
+        let captions = (0..values.len() / 3).map(|i| format!("caption {i}")).collect();
+        TextFeatures::new(spec, captions, values).unwrap()
+    }
+
+    #[test]
+    fn q8_rows_come_back_within_half_a_step_of_their_scale() {
+        // A large shared offset (as mean-pooled LLM features have) with small differences on top.
+        let f = features(vec![100.0, -50.0, 3.0, 100.5, -50.25, 3.1, 99.0, -49.0, 2.0, 100.0, -50.0, 3.0]);
+        let back = TextFeatures::from_safetensors("t", &f.to_safetensors_q8_with(&[]).unwrap()).unwrap();
+        assert_eq!(back.captions, f.captions);
+        let d = 3;
+        let center: Vec<f32> = (0..d).map(|j| f.values.iter().skip(j).step_by(d).sum::<f32>() / 4.0).collect();
+        for (a, b) in f.values.chunks(d).zip(back.values.chunks(d)) {
+            let step = a.iter().zip(&center).map(|(v, c)| (v - c).abs()).fold(0.0, f32::max) / 127.0;
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= step * 0.5 + 1e-4, "{a:?} {b:?}");
+            }
+        }
+        // The f32 layout still reads.
+        assert_eq!(TextFeatures::from_safetensors("t", &f.to_safetensors().unwrap()).unwrap(), f);
+    }
+
+    #[test]
+    fn broken_q8_files_are_refused_by_name() {
+        let f = features(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let bytes = f.to_safetensors_q8_with(&[]).unwrap();
+        let w = Weights::from_safetensors("t", bytes.clone()).unwrap();
+        let rewrite = |drop: &str, replace: Option<(&str, Dtype, Vec<usize>, Vec<u8>)>| {
+            let mut views = Vec::new();
+            for name in [FEATURES_Q8, FEATURES_SCALE, FEATURES_CENTER] {
+                if name == drop {
+                    if let Some(r) = &replace {
+                        views.push((r.0.to_string(), r.1, r.2.clone(), r.3.clone()));
+                    }
+                    continue;
+                }
+                views.push((name.to_string(), w.dtype(name).unwrap().safetensors().unwrap(), w.shape(name).unwrap().to_vec(), w.raw(name).unwrap().to_vec()));
+            }
+            let tv: Vec<_> = views.iter().map(|(n, d, s, b)| (n.as_str(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+            let out = safetensors::serialize(tv, meta.metadata().clone()).unwrap();
+            TextFeatures::from_safetensors("index.safetensors", &out).unwrap_err().to_string()
+        };
+        assert!(rewrite(FEATURES_SCALE, None).contains("features_scale"));
+        assert!(rewrite(FEATURES_Q8, None).contains("no features tensor"));
+        let nan = f32::NAN.to_le_bytes().repeat(3);
+        assert!(rewrite(FEATURES_CENTER, Some((FEATURES_CENTER, Dtype::F32, vec![3], nan))).contains("non-finite"));
+        assert!(rewrite(FEATURES_Q8, Some((FEATURES_Q8, Dtype::I8, vec![3, 2], vec![0; 6]))).contains("I8 [2, 3]"));
+        assert!(features(vec![f32::INFINITY, 0.0, 0.0]).to_safetensors_q8_with(&[]).is_err());
     }
 }
