@@ -9,7 +9,8 @@ directions of the indexed rows are removed before the cosine. The shipped proxy 
 copy among 100 captions of the same fold. No held-out image or caption is read.
 
 usage: validate_captions.py INDEX_ALL.safetensors DATA_DIR SCORER_DIR [out.json]
-  INDEX_ALL: `index-captions --captions all` output (8 LLM layers); only its raw features are read.
+  INDEX_ALL: `index-captions --captions all` output (8 LLM layers), f16 or 8-bit; only its raw
+  features are read.
 """
 import json
 import math
@@ -25,7 +26,11 @@ DS = [0, 10, 30, 50, 100]
 def main(index_path, data_dir, scorer_dir, out=None):
     with safe_open(index_path, "np") as f:
         captions = json.loads(f.metadata()["captions"])
-    feats = load_file(index_path)["features"].astype(np.float64)
+    t = load_file(index_path)
+    if "features" in t:
+        feats = t["features"].astype(np.float64)
+    else:  # 8-bit rows around the mean (TextFeatures::to_safetensors_q8_with)
+        feats = t["features_center"].astype(np.float64) + t["features_scale"][:, None] * t["features_q8"].astype(np.float64)
     row_of = {c: r for r, c in enumerate(captions)}
     data = json.load(open(f"{data_dir}/captions.json"))
     images = load_file(f"{data_dir}/images.safetensors")["images"]
