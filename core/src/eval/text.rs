@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 
 use burn::tensor::backend::Backend;
+use safetensors::Dtype;
 
 use super::proxy_clip::{TextFeatureSpec, POOL};
-use crate::checkpoint::{StoredDtype, Weights};
-use safetensors::Dtype;
+use crate::checkpoint::{encode_f32, StoredDtype, Weights};
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgufTokenizer};
 use crate::llama::{Llama, LlamaConfig};
@@ -218,11 +218,10 @@ impl TextFeatures {
             codes.extend(row.iter().zip(&center).map(|(v, c)| if scale > 0.0 { ((v - c) / scale).round().clamp(-127.0, 127.0) as i8 as u8 } else { 0 }));
             scales.push(scale);
         }
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let tensors = vec![
             (FEATURES_Q8, Dtype::I8, vec![n, d], codes),
-            (FEATURES_SCALE, Dtype::F32, vec![n], f32_bytes(&scales)),
-            (FEATURES_CENTER, Dtype::F32, vec![d], f32_bytes(&center)),
+            (FEATURES_SCALE, Dtype::F32, vec![n], encode_f32(&scales, StoredDtype::F32)),
+            (FEATURES_CENTER, Dtype::F32, vec![d], encode_f32(&center, StoredDtype::F32)),
         ];
         self.serialize(tensors, extra)
     }
