@@ -115,21 +115,38 @@ fn cache() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/rfgen")
 }
 
-/// The real packages, when `./build.sh setup` has fetched them (it does before `./build.sh test`).
-#[test]
-fn real_sources_when_fetched() {
+/// The real packages, when `./build.sh setup` has fetched them (it does before `./build.sh test`):
+/// their paths, or `None` (the test is skipped).
+fn real_sources() -> Option<(PathBuf, PathBuf)> {
     let nm = std::env::var_os("RFGEN_NPM").map(PathBuf::from).unwrap_or_else(|| cache().join("npm/node_modules"));
     let digits = cache().join("digits/digits.csv.gz");
     if !nm.join("emoji-datasource-google/emoji.json").is_file() || !digits.is_file() {
         eprintln!("skipped: run ./build.sh setup to fetch the emoji and digits sources");
-        return;
+        return None;
     }
-    let dir = tempdir("data-cli-real");
+    Some((nm, digits))
+}
+
+/// `rfgen-cli data emoji` from the real packages into `dir/emoji`. The three tests below each
+/// build their own copy (seconds) so that they can run side by side.
+fn real_emoji(dir: &Path, nm: &Path) -> (PathBuf, data::Dataset) {
     let out = dir.join("emoji");
-    let o = data_cmd(&["emoji"], &[("--source", &nm), ("--out", &out)]);
+    let o = data_cmd(&["emoji"], &[("--source", nm), ("--out", &out)]);
     assert!(o.status.success(), "{}", stderr(&o));
     eprintln!("{}", stderr(&o).trim());
     let ds = data::load_dir(&out).unwrap();
+    (out, ds)
+}
+
+fn train_captions(ds: &data::Dataset) -> std::collections::HashSet<&String> {
+    ds.items.iter().filter(|i| i.split == Split::Train).flat_map(|i| &i.captions).collect()
+}
+
+#[test]
+fn real_emoji_and_digits_sets_and_the_shipped_vae() {
+    let Some((nm, digits)) = real_sources() else { return };
+    let dir = tempdir("data-cli-real-sets");
+    let (out, ds) = real_emoji(&dir, &nm);
     let s = ds.stats();
     assert!(s.images > 3000 && s.bases > 1500, "{s}");
     assert!(s.heldout_bases * 10 >= s.bases, "held out {} of {} bases", s.heldout_bases, s.bases);
@@ -151,11 +168,13 @@ fn real_sources_when_fetched() {
     let apple = ds.items.iter().find(|i| i.id == "1f34e").unwrap();
     assert!(apple.captions.contains(&"red apple".to_string()), "{apple:?}");
 
-    // The shipped VAE (models/default/vae) reconstructs the held-out emoji at ≥28 dB PSNR.
+    // The shipped VAE (models/default/vae) reconstructs the held-out emoji at ≥28 dB PSNR, here on
+    // 96 of them spread over the split (all 424 take 12 minutes in a debug build;
+    // docs/eval/vae-heldout.json is the whole split).
     let vae = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default/vae");
     let json = dir.join("vae_psnr.json");
     let o = Command::new(BIN)
-        .args(["eval", "vae", "--min-psnr", "28", "--vae"])
+        .args(["eval", "vae", "--n", "96", "--min-psnr", "28", "--vae"])
         .arg(&vae)
         .arg("--data")
         .arg(&out)
@@ -166,9 +185,29 @@ fn real_sources_when_fetched() {
     eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!((r["split"].as_str(), r["images"].as_u64()), (Some("heldout"), Some(ds.indices(Split::Heldout).len() as u64)));
+    assert_eq!((r["split"].as_str(), r["images"].as_u64(), r["of"].as_u64()), (Some("heldout"), Some(96), Some(ds.indices(Split::Heldout).len() as u64)));
     assert!(r["psnr_db"].as_f64().unwrap() >= 28.0, "{r}");
 
+    let out = dir.join("digits");
+    let o = data_cmd(&["digits"], &[("--source", &digits), ("--out", &out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ds = data::load_dir(&out).unwrap();
+    assert_eq!((ds.len(), ds.size, ds.indices(Split::Heldout).len()), (1797, 32, 180));
+    // A bar the VAE cannot reach is a clear failure, not a pass (on a few digits: the debug build
+    // evaluates slowly). --n 0 is refused.
+    let o = Command::new(BIN).args(["eval", "vae", "--n", "16", "--min-psnr", "99", "--vae"]).arg(&vae).arg("--data").arg(&out).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("below --min-psnr 99"), "{}", stderr(&o));
+    let o = Command::new(BIN).args(["eval", "vae", "--n", "0", "--vae"]).arg(&vae).arg("--data").arg(&out).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("--n must be at least 1"), "{}", stderr(&o));
+}
+
+#[test]
+fn real_default_model_eval_proxy_clip() {
+    let Some((nm, _)) = real_sources() else { return };
+    let dir = tempdir("data-cli-real-eval");
+    let (_, ds) = real_emoji(&dir, &nm);
+    let s = ds.stats();
+    let train_captions = train_captions(&ds);
     // `eval proxy-clip` with nothing but --prompts: the default model, the shipped scorer and the
     // emoji set built on first use at $RFGEN_DATA.
     let built = dir.join("default-emoji");
@@ -190,81 +229,10 @@ fn real_sources_when_fetched() {
     // index, with the share its config gives); every neighbour is a training caption.
     let g = &r["generator"]["neighbours"];
     assert_eq!((g["count"].as_u64(), g["share"].as_f64()), (Some(1), Some(0.75)), "{r}");
-    let train_captions: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).flat_map(|i| &i.captions).collect();
     for it in g["per_item"].as_array().unwrap() {
         let n = it["neighbours"][0][0].as_str().unwrap().to_string();
         assert!(train_captions.contains(&n) && n != it["caption"].as_str().unwrap(), "{it}");
     }
-    // `index-captions` indexes every caption of the training images; an index that holds a
-    // held-out caption is refused by `eval proxy-clip`, which would otherwise leak it.
-    let model = dir.join("indexed-model");
-    std::fs::create_dir_all(&model).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(shipped.join(f), model.join(f)).unwrap();
-    }
-    let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--model"]).arg(&model).arg("--data").arg(&built).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let bytes = std::fs::read(model.join("neighbours.safetensors")).unwrap();
-    let index = rfgen_core::eval::TextFeatures::from_safetensors("index", &bytes).unwrap();
-    assert_eq!((index.len(), index.spec.layers), (train_captions.len(), 1));
-    assert!(index.captions.iter().all(|c| train_captions.contains(c)));
-    // Stored as 8-bit codes around the features' mean: about a byte per value.
-    assert!(bytes.len() < index.len() * index.spec.dim * 5 / 4, "{} bytes", bytes.len());
-    // It also stores the mean and the top 30 principal directions of those features, removed
-    // before every cosine (all-but-the-top), as the default `--remove-top` asks.
-    let file = rfgen_core::neighbours::IndexFile::from_safetensors("index", &bytes).unwrap();
-    let top = file.top.as_ref().expect("top directions stored");
-    assert_eq!((top.count, top.dim), (30, index.spec.dim));
-    // Post-processed, the indexed features are centred (fitted on them before the 8-bit coding).
-    let d = index.spec.dim;
-    let mut mean = vec![0.0f64; d];
-    for row in index.values.chunks(d) {
-        let q = top.apply(row);
-        assert!(q.iter().all(|v| v.is_finite()) && q.iter().any(|v| *v != 0.0));
-        mean.iter_mut().zip(&q).for_each(|(m, v)| *m += *v as f64 / index.len() as f64);
-    }
-    assert!(mean.iter().all(|m| m.abs() < 0.05), "{mean:?}");
-    // `--captions first` indexes each training image's first caption only.
-    let first_model = dir.join("indexed-first");
-    std::fs::create_dir_all(&first_model).unwrap();
-    std::fs::copy(shipped.join("config.json"), first_model.join("config.json")).unwrap();
-    let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--captions", "first", "--model"]).arg(&first_model).arg("--data").arg(&built).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let first = rfgen_core::eval::TextFeatures::from_safetensors("index", &std::fs::read(first_model.join("neighbours.safetensors")).unwrap()).unwrap();
-    let firsts: std::collections::HashSet<&String> = ds.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
-    assert!(first.len() == firsts.len() && first.captions.iter().all(|c| firsts.contains(c)) && firsts.len() < index.len());
-    // `--nearest-caption` copies, for each held-out caption, the training image of its nearest
-    // indexed caption (no generator, no scorer in the choice).
-    let json = dir.join("nearest-caption.json");
-    let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-caption", "--n", "6", "--model"]).arg(&model).arg("--out").arg(&json).env("RFGEN_DATA", &built).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let nc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(nc["baseline"]["kind"], "nearest caption's training image", "{nc}");
-    assert_eq!(nc["baseline"]["index_removed_top_directions"], 30, "{nc}");
-    for (it, p) in nc["items"].as_array().unwrap().iter().zip(nc["baseline"]["per_item"].as_array().unwrap()) {
-        let near = p["nearest"][0].as_str().unwrap();
-        assert!(train_captions.iter().any(|c| c.as_str() == near), "{p}");
-        let copied = ds.items.iter().find(|i| i.id == it["nearest_train_id"].as_str().unwrap()).unwrap();
-        assert!(copied.split == Split::Train && copied.captions.iter().any(|c| c == near), "{it} {p}");
-        assert!(it["proxy_gen_rank"].as_u64().unwrap() >= 1);
-    }
-    let held = ds.items.iter().find(|i| i.split == Split::Heldout && !train_captions.contains(&i.captions[0])).unwrap().captions[0].clone();
-    let mut leaky = index.clone();
-    leaky.extend(vec![held.clone()], index.values[..index.spec.dim].to_vec()).unwrap();
-    std::fs::write(model.join("neighbours.safetensors"), leaky.to_safetensors().unwrap()).unwrap();
-    let o = Command::new(BIN)
-        .args(["eval", "proxy-clip", "--n", "2", "--steps", "1", "--model"])
-        .arg(&model)
-        .arg("--vae")
-        .arg(shipped.join("vae"))
-        .env("RFGEN_DATA", &built)
-        .output()
-        .unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("held-out caption") && stderr(&o).contains(&held), "{}", stderr(&o));
-    let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-caption", "--n", "2", "--model"]).arg(&model).env("RFGEN_DATA", &built).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("held-out caption"), "{}", stderr(&o));
-
     // Best-of-N reranking: draw 0 is the plain run's image, the scored image is the reranker's
     // pick, and the judge's rank of every draw is reported.
     let plain = r.clone();
@@ -328,14 +296,98 @@ fn real_sources_when_fetched() {
     let o = Command::new(BIN).args(["eval", "proxy-clip", "--n", "1"]).env("RFGEN_DATA", &other).env("RFGEN_NPM", &nm).output().unwrap();
     assert!(!o.status.success() && stderr(&o).contains("not a dataset"), "{}", stderr(&o));
     assert!(other.join("keep.txt").is_file());
+}
 
-    let out = dir.join("digits");
-    let o = data_cmd(&["digits"], &[("--source", &digits), ("--out", &out)]);
+#[test]
+fn real_caption_index() {
+    let Some((nm, _)) = real_sources() else { return };
+    let dir = tempdir("data-cli-real-index");
+    let (built, ds) = real_emoji(&dir, &nm);
+    // The index is built from a subset (the training images of 80 bases; the held-out images
+    // stay for the leak check): indexing all 16k captions in a debug build takes minutes.
+    let keep: std::collections::HashSet<&str> = ds.base_groups(Split::Train).iter().take(80).map(|g| ds.items[g[0]].base.as_str()).collect();
+    let picked: Vec<usize> = (0..ds.len()).filter(|&i| ds.items[i].split == Split::Heldout || keep.contains(ds.items[i].base.as_str())).collect();
+    let subset = data::Dataset {
+        name: ds.name.clone(),
+        size: ds.size,
+        images: picked.iter().flat_map(|&i| ds.image(i).to_vec()).collect(),
+        items: picked.iter().map(|&i| ds.items[i].clone()).collect(),
+    };
+    let subset_dir = dir.join("subset");
+    data::save_dir(&subset_dir, &subset, &[]).unwrap();
+    let train_captions = train_captions(&subset);
+    assert!(train_captions.len() >= 300, "{}", train_captions.len());
+    // `index-captions` indexes every caption of the training images; an index that holds a
+    // held-out caption is refused by `eval proxy-clip`, which would otherwise leak it.
+    let model = dir.join("indexed-model");
+    std::fs::create_dir_all(&model).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(shipped.join(f), model.join(f)).unwrap();
+    }
+    let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--model"]).arg(&model).arg("--data").arg(&subset_dir).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let ds = data::load_dir(&out).unwrap();
-    assert_eq!((ds.len(), ds.size, ds.indices(Split::Heldout).len()), (1797, 32, 180));
-    // A bar the VAE cannot reach is a clear failure, not a pass (on the small digits split: the
-    // debug build evaluates slowly).
-    let o = Command::new(BIN).args(["eval", "vae", "--min-psnr", "99", "--vae"]).arg(&vae).arg("--data").arg(&out).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("below --min-psnr 99"), "{}", stderr(&o));
+    let bytes = std::fs::read(model.join("neighbours.safetensors")).unwrap();
+    let index = rfgen_core::eval::TextFeatures::from_safetensors("index", &bytes).unwrap();
+    assert_eq!((index.len(), index.spec.layers), (train_captions.len(), 1));
+    assert!(index.captions.iter().all(|c| train_captions.contains(c)));
+    // Stored as 8-bit codes around the features' mean: a byte per value.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let q8 = &header["features_q8"];
+    assert_eq!((&q8["dtype"], &q8["shape"]), (&serde_json::json!("I8"), &serde_json::json!([index.len(), index.spec.dim])), "{header}");
+    // It also stores the mean and the top 30 principal directions of those features, removed
+    // before every cosine (all-but-the-top), as the default `--remove-top` asks.
+    let file = rfgen_core::neighbours::IndexFile::from_safetensors("index", &bytes).unwrap();
+    let top = file.top.as_ref().expect("top directions stored");
+    assert_eq!((top.count, top.dim), (30, index.spec.dim));
+    // Post-processed, the indexed features are centred (fitted on them before the 8-bit coding).
+    let d = index.spec.dim;
+    let mut mean = vec![0.0f64; d];
+    for row in index.values.chunks(d) {
+        let q = top.apply(row);
+        assert!(q.iter().all(|v| v.is_finite()) && q.iter().any(|v| *v != 0.0));
+        mean.iter_mut().zip(&q).for_each(|(m, v)| *m += *v as f64 / index.len() as f64);
+    }
+    assert!(mean.iter().all(|m| m.abs() < 0.05), "{mean:?}");
+    // `--captions first` indexes each training image's first caption only.
+    let first_model = dir.join("indexed-first");
+    std::fs::create_dir_all(&first_model).unwrap();
+    std::fs::copy(shipped.join("config.json"), first_model.join("config.json")).unwrap();
+    let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--captions", "first", "--model"]).arg(&first_model).arg("--data").arg(&subset_dir).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = rfgen_core::eval::TextFeatures::from_safetensors("index", &std::fs::read(first_model.join("neighbours.safetensors")).unwrap()).unwrap();
+    let firsts: std::collections::HashSet<&String> = subset.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
+    assert!(first.len() == firsts.len() && first.captions.iter().all(|c| firsts.contains(c)) && firsts.len() < index.len());
+    // `--nearest-caption` copies, for each held-out caption, the training image of its nearest
+    // indexed caption (no generator, no scorer in the choice).
+    let json = dir.join("nearest-caption.json");
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-caption", "--n", "6", "--model"]).arg(&model).arg("--out").arg(&json).env("RFGEN_DATA", &built).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let nc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(nc["baseline"]["kind"], "nearest caption's training image", "{nc}");
+    assert_eq!(nc["baseline"]["index_removed_top_directions"], 30, "{nc}");
+    for (it, p) in nc["items"].as_array().unwrap().iter().zip(nc["baseline"]["per_item"].as_array().unwrap()) {
+        let near = p["nearest"][0].as_str().unwrap();
+        assert!(train_captions.iter().any(|c| c.as_str() == near), "{p}");
+        let copied = ds.items.iter().find(|i| i.id == it["nearest_train_id"].as_str().unwrap()).unwrap();
+        assert!(copied.split == Split::Train && copied.captions.iter().any(|c| c == near), "{it} {p}");
+        assert!(it["proxy_gen_rank"].as_u64().unwrap() >= 1);
+    }
+    let all_train = self::train_captions(&ds);
+    let held = ds.items.iter().find(|i| i.split == Split::Heldout && !all_train.contains(&i.captions[0])).unwrap().captions[0].clone();
+    let mut leaky = index.clone();
+    leaky.extend(vec![held.clone()], index.values[..index.spec.dim].to_vec()).unwrap();
+    std::fs::write(model.join("neighbours.safetensors"), leaky.to_safetensors().unwrap()).unwrap();
+    let o = Command::new(BIN)
+        .args(["eval", "proxy-clip", "--n", "2", "--steps", "1", "--model"])
+        .arg(&model)
+        .arg("--vae")
+        .arg(shipped.join("vae"))
+        .env("RFGEN_DATA", &built)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("held-out caption") && stderr(&o).contains(&held), "{}", stderr(&o));
+    let o = Command::new(BIN).args(["eval", "proxy-clip", "--nearest-caption", "--n", "2", "--model"]).arg(&model).env("RFGEN_DATA", &built).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("held-out caption"), "{}", stderr(&o));
 }

@@ -27,6 +27,9 @@ pub struct VaeEvalArgs {
     split: String,
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Measure only this many images of the split, spread evenly over it (default: all).
+    #[arg(long)]
+    n: Option<usize>,
     /// Fail (exit 1) when the pooled PSNR is below this many dB.
     #[arg(long)]
     min_psnr: Option<f64>,
@@ -54,8 +57,8 @@ impl BackendTask for Task<'_> {
 
 pub fn run(a: VaeEvalArgs) -> Result<()> {
     let kind: BackendKind = a.backend.parse()?;
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
+    if a.batch == 0 || a.n == Some(0) {
+        bail!("--batch and --n must be at least 1");
     }
     if let Some(path) = &a.out {
         check_output("--out", path, None)?;
@@ -75,18 +78,23 @@ pub fn run(a: VaeEvalArgs) -> Result<()> {
     if indices.is_empty() {
         bail!("the {} split of {} has no images", a.split, a.data.display());
     }
+    let split_len = indices.len();
+    let indices = match a.n {
+        Some(n) if n < indices.len() => (0..n).map(|k| indices[k * indices.len() / n]).collect(),
+        _ => indices,
+    };
     let start = Instant::now();
     let (pooled, per_image) = rfgen_backends::run(kind, Task { files: &files, data: &data, indices: &indices, batch: a.batch })?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{} split: reconstruction PSNR {pooled:.2} dB (mean per image {per_image:.2} dB) on {} images of {}px ({secs:.1}s)",
+        "{} split: reconstruction PSNR {pooled:.2} dB (mean per image {per_image:.2} dB) on {} of its {split_len} images of {}px ({secs:.1}s)",
         a.split,
         indices.len(),
         data.size
     );
     if let Some(out) = &a.out {
         let json = serde_json::json!({
-            "vae": a.vae.display().to_string(), "split": a.split, "images": indices.len(), "size": data.size,
+            "vae": a.vae.display().to_string(), "split": a.split, "images": indices.len(), "of": split_len, "size": data.size,
             "psnr_db": pooled, "psnr_mean_per_image_db": per_image,
         });
         write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())?;
