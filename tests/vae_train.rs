@@ -103,6 +103,32 @@ fn write_images(dir: &Path, bytes: &[u8], shape: Vec<usize>, dtype: safetensors:
     std::fs::write(dir.join("images.safetensors"), safetensors::serialize([("images", view)], None).unwrap()).unwrap();
 }
 
+/// The matrix-product convolutions equal burn's direct convolution on every kernel, padding and
+/// stride the VAE could use, with and without bias, on non-square inputs.
+#[test]
+fn shifted_and_im2col_convolutions_match_direct() {
+    use rfgen_core::checkpoint::VarBuilder;
+    use rfgen_core::layers::{Conv2d, Conv2dSpec};
+    use rfgen_core::vae::{conv2d_im2col, conv2d_shifted};
+    let dev = Default::default();
+    let mut r = Report::default();
+    for (i, &(k, p, s, bias)) in [(1, 0, 1, true), (3, 1, 1, true), (3, 0, 1, false), (5, 2, 1, true), (3, 2, 1, true), (3, 0, 2, true), (3, 1, 2, false)]
+        .iter()
+        .enumerate()
+    {
+        let conv = Conv2d::<B>::load(&VarBuilder::random(i as u64, &dev), Conv2dSpec::new(5, 7, k).padding(p).stride(s).bias(bias));
+        let x = Tensor::<B, 4>::from_data(TensorData::new(rfgen_core::noise::gaussian(i as u64 + 9, 2 * 5 * 9 * 12), [2, 5, 9, 12]), &dev);
+        let want = conv.forward(x.clone());
+        for (name, got) in [("shifted", conv2d_shifted(&conv, x.clone())), ("im2col", conv2d_im2col(&conv, x.clone()))] {
+            r.check(&format!("{name} k{k} p{p} s{s} shape"), got.dims() == want.dims(), format!("{:?} vs {:?}", got.dims(), want.dims()));
+            if got.dims() == want.dims() {
+                r.compare(&format!("{name} k{k} p{p} s{s} bias {bias}"), &to_vec(&got), &to_vec(&want), 1e-4, None);
+            }
+        }
+    }
+    r.finish("matrix-product convolutions");
+}
+
 /// Gradients through the im2col convolutions equal those through burn's own.
 #[test]
 fn im2col_gradients_match() {

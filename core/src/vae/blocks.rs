@@ -1,9 +1,9 @@
 use burn::module::Module;
-use burn::tensor::{activation::{silu, softmax}, backend::Backend, Tensor};
+use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
 use super::conv::conv;
 use crate::checkpoint::VarBuilder;
-use crate::layers::{Conv2d, Conv2dSpec, GroupNorm, Linear};
+use crate::layers::{silu, Conv2d, Conv2dSpec, GroupNorm, Linear};
 
 const EPS: f64 = 1e-6;
 

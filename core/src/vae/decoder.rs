@@ -1,11 +1,11 @@
 use burn::module::Module;
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use super::{AttentionBlock, Encoder, ResnetBlock2D, Upsample2D, VaeConfig};
 use super::conv::conv;
 use crate::checkpoint::{VarBuilder, Weights};
 use crate::error::Result;
-use crate::layers::{Conv2d, Conv2dSpec, GroupNorm};
+use crate::layers::{silu, Conv2d, Conv2dSpec, GroupNorm};
 
 /// Encoder-side tensors of a full AutoencoderKL checkpoint that decoding does not use.
 pub const ENCODER_PREFIXES: [&str; 2] = ["encoder.", "quant_conv."];

@@ -2,13 +2,13 @@
 //! output channels), `quant_conv` and the diagonal Gaussian posterior.
 
 use burn::module::Module;
-use burn::tensor::{activation::silu, backend::Backend, ops::PadMode, Tensor};
+use burn::tensor::{backend::Backend, ops::PadMode, Tensor};
 
 use super::{AutoencoderKl, Decoder, MidBlock, ResnetBlock2D, VaeConfig};
 use super::conv::conv;
 use crate::checkpoint::{VarBuilder, Weights};
 use crate::error::{Error, Result};
-use crate::layers::{Conv2d, Conv2dSpec, GroupNorm};
+use crate::layers::{silu, Conv2d, Conv2dSpec, GroupNorm};
 
 /// diffusers `Downsample2D(use_conv=True, padding=0)`: zero-pad right and bottom by one, then a
 /// 3x3 stride-2 conv without padding.
