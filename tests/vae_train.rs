@@ -390,3 +390,36 @@ fn bench_pieces() {
         Tensor::stack::<5>(v, 2).reshape([b, c * 9, s, s]).slice([0..b, 0..c, 0..s, 0..s])
     });
 }
+
+/// Forward-only timings of the VAE's convolution forms on the plain ndarray backend (`cargo test
+/// -p rfgen-tests --test vae_train bench_inference_convs -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn bench_inference_convs() {
+    use rfgen_core::checkpoint::VarBuilder;
+    use rfgen_core::layers::{Conv2d, Conv2dSpec, GroupNorm};
+    use rfgen_core::vae::{conv2d_im2col, conv2d_shifted};
+    use std::time::Instant;
+    let dev = Default::default();
+    let vb = VarBuilder::<B>::random(1, &dev);
+    let (b, c, s) = (32, 32, 64);
+    let conv = Conv2d::load(&vb.pp("conv"), Conv2dSpec::new(c, c, 3).padding(1));
+    let norm = GroupNorm::load(&vb.pp("norm"), c, 8, 1e-6);
+    let x = Tensor::<B, 4>::from_data(TensorData::new(rfgen_core::noise::gaussian(1, b * c * s * s), [b, c, s, s]), &dev);
+    let time = |name: &str, f: &dyn Fn() -> Tensor<B, 4>| {
+        let _ = f().into_data();
+        let t = Instant::now();
+        for _ in 0..3 {
+            let _ = f().into_data();
+        }
+        eprintln!("{name}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3 / 3.0);
+    };
+    eprintln!("conv GEMM: {:.2} GFLOP", 2.0 * (b * s * s * c * c * 9) as f64 / 1e9);
+    time("conv3x3 direct", &|| conv.forward(x.clone()));
+    time("conv3x3 shifted", &|| conv2d_shifted(&conv, x.clone()));
+    time("conv3x3 im2col", &|| conv2d_im2col(&conv, x.clone()));
+    time("group norm", &|| norm.forward(x.clone()));
+    time("silu burn", &|| burn::tensor::activation::silu(x.clone()));
+    time("silu quotient", &|| rfgen_core::layers::silu(x.clone()));
+    time("add", &|| x.clone() + x.clone());
+}
