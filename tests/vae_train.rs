@@ -103,13 +103,13 @@ fn write_images(dir: &Path, bytes: &[u8], shape: Vec<usize>, dtype: safetensors:
     std::fs::write(dir.join("images.safetensors"), safetensors::serialize([("images", view)], None).unwrap()).unwrap();
 }
 
-/// The matrix-product convolutions equal burn's direct convolution on every kernel, padding and
-/// stride the VAE could use, with and without bias, on non-square inputs.
+/// The im2col convolution equals burn's direct convolution on every kernel, padding and stride
+/// the VAE could use, with and without bias, on non-square inputs.
 #[test]
-fn shifted_and_im2col_convolutions_match_direct() {
+fn im2col_convolution_matches_direct() {
     use rfgen_core::checkpoint::VarBuilder;
     use rfgen_core::layers::{Conv2d, Conv2dSpec};
-    use rfgen_core::vae::{conv2d_im2col, conv2d_shifted};
+    use rfgen_core::vae::conv2d_im2col;
     let dev = Default::default();
     let mut r = Report::default();
     for (i, &(k, p, s, bias)) in [(1, 0, 1, true), (3, 1, 1, true), (3, 0, 1, false), (5, 2, 1, true), (3, 2, 1, true), (3, 0, 2, true), (3, 1, 2, false)]
@@ -119,14 +119,14 @@ fn shifted_and_im2col_convolutions_match_direct() {
         let conv = Conv2d::<B>::load(&VarBuilder::random(i as u64, &dev), Conv2dSpec::new(5, 7, k).padding(p).stride(s).bias(bias));
         let x = Tensor::<B, 4>::from_data(TensorData::new(rfgen_core::noise::gaussian(i as u64 + 9, 2 * 5 * 9 * 12), [2, 5, 9, 12]), &dev);
         let want = conv.forward(x.clone());
-        for (name, got) in [("shifted", conv2d_shifted(&conv, x.clone())), ("im2col", conv2d_im2col(&conv, x.clone()))] {
+        for (name, got) in [("im2col", conv2d_im2col(&conv, x.clone()))] {
             r.check(&format!("{name} k{k} p{p} s{s} shape"), got.dims() == want.dims(), format!("{:?} vs {:?}", got.dims(), want.dims()));
             if got.dims() == want.dims() {
                 r.compare(&format!("{name} k{k} p{p} s{s} bias {bias}"), &to_vec(&got), &to_vec(&want), 1e-4, None);
             }
         }
     }
-    r.finish("matrix-product convolutions");
+    r.finish("im2col convolutions");
 }
 
 /// Gradients through the im2col convolutions equal those through burn's own.
@@ -391,35 +391,3 @@ fn bench_pieces() {
     });
 }
 
-/// Forward-only timings of the VAE's convolution forms on the plain ndarray backend (`cargo test
-/// -p rfgen-tests --test vae_train bench_inference_convs -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn bench_inference_convs() {
-    use rfgen_core::checkpoint::VarBuilder;
-    use rfgen_core::layers::{Conv2d, Conv2dSpec, GroupNorm};
-    use rfgen_core::vae::{conv2d_im2col, conv2d_shifted};
-    use std::time::Instant;
-    let dev = Default::default();
-    let vb = VarBuilder::<B>::random(1, &dev);
-    let (b, c, s) = (32, 32, 64);
-    let conv = Conv2d::load(&vb.pp("conv"), Conv2dSpec::new(c, c, 3).padding(1));
-    let norm = GroupNorm::load(&vb.pp("norm"), c, 8, 1e-6);
-    let x = Tensor::<B, 4>::from_data(TensorData::new(rfgen_core::noise::gaussian(1, b * c * s * s), [b, c, s, s]), &dev);
-    let time = |name: &str, f: &dyn Fn() -> Tensor<B, 4>| {
-        let _ = f().into_data();
-        let t = Instant::now();
-        for _ in 0..3 {
-            let _ = f().into_data();
-        }
-        eprintln!("{name}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3 / 3.0);
-    };
-    eprintln!("conv GEMM: {:.2} GFLOP", 2.0 * (b * s * s * c * c * 9) as f64 / 1e9);
-    time("conv3x3 direct", &|| conv.forward(x.clone()));
-    time("conv3x3 shifted", &|| conv2d_shifted(&conv, x.clone()));
-    time("conv3x3 im2col", &|| conv2d_im2col(&conv, x.clone()));
-    time("group norm", &|| norm.forward(x.clone()));
-    time("silu burn", &|| burn::tensor::activation::silu(x.clone()));
-    time("silu quotient", &|| rfgen_core::layers::silu(x.clone()));
-    time("add", &|| x.clone() + x.clone());
-}

@@ -182,9 +182,6 @@ pub fn run_with_precision<T: BackendTask>(kind: BackendKind, precision: Precisio
     }
     match kind {
         BackendKind::Ndarray => {
-            // burn-ndarray's direct convolution is slow; the VAE convolves by matrix products.
-            #[cfg(feature = "ndarray")]
-            rfgen_core::vae::set_im2col(true);
             #[cfg(feature = "ndarray")]
             return task.run::<NdArrayBackend>(Default::default());
             #[allow(unreachable_code)]

@@ -1,11 +1,11 @@
-//! The VAE's convolutions, optionally as matrix products.
+//! The VAE's convolutions, optionally as im2col + one matrix product.
 //!
-//! burn-ndarray convolves directly at about 0.3 GFLOP/s on this VAE's shapes and differentiates
-//! through a naive transposed convolution. As matrix products the same convolutions run on the
-//! backend's GEMM, many times faster there; results match the direct convolution to float
-//! rounding. Opt-in per thread ([`set_im2col`]; the ndarray backend switches it on): trained
-//! convolutions use im2col ([`conv2d_im2col`]), inference uses k·k products over shifted views
-//! of the input ([`conv2d_shifted`]), which copies nothing k·k times.
+//! burn-ndarray convolves directly and differentiates through a naive transposed convolution,
+//! which makes training on the CPU backend very slow. The im2col form (k·k shifted views stacked
+//! into `[B, C·k·k, H·W]`, then `W[co, C·k·k] × cols`) runs on the backend's GEMM both ways and is
+//! many times faster there; its results match the direct convolution to float rounding. It
+//! allocates `k·k` times the input, so it is opt-in per thread ([`set_im2col`]): VAE training and
+//! latent encoding switch it on for ndarray; everything else keeps the direct convolution.
 
 use std::cell::Cell;
 
@@ -17,7 +17,7 @@ thread_local! {
     static IM2COL: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Use matrix-product convolutions for the VAE convolutions built into graphs on this thread when `on`.
+/// Use im2col + matmul for the VAE convolutions built into graphs on this thread when `on`.
 pub fn set_im2col(on: bool) {
     IM2COL.with(|c| c.set(on));
 }
@@ -26,59 +26,13 @@ pub fn im2col_enabled() -> bool {
     IM2COL.with(Cell::get)
 }
 
-/// `conv.forward(x)`; when enabled, through [`conv2d_im2col`] for a trained weight and
-/// [`conv2d_shifted`] otherwise.
+/// `conv.forward(x)`, through [`conv2d_im2col`] when enabled and the weight is trained (burn's
+/// direct convolution is the faster forward-only pass).
 pub fn conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    if !im2col_enabled() {
-        conv.forward(x)
-    } else if conv.weight.val().is_require_grad() {
+    if im2col_enabled() && conv.weight.val().is_require_grad() {
         conv2d_im2col(conv, x)
     } else {
-        conv2d_shifted(conv, x)
-    }
-}
-
-/// A stride-1 convolution (groups 1) as one matrix product per kernel tap, with no im2col copy.
-/// Padded to width Wp and flattened, the input holds output pixel (i, j)'s tap (kh, kw) at flat
-/// position (i + kh)·Wp + j + kw, so each tap reads one contiguous slice of the flat input. The
-/// products cover a grid Wp wide, whose last k − 1 columns are dropped; one extra zero row at the
-/// bottom keeps the last tap's slice in bounds. Strided convolutions go to [`conv2d_im2col`].
-pub fn conv2d_shifted<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    if conv.groups != 1 || conv.stride != 1 {
-        return conv2d_im2col(conv, x);
-    }
-    let weight = conv.weight.val();
-    let [co, c, k, _] = weight.dims();
-    let [b, _, h, w] = x.dims();
-    let p = conv.padding;
-    let extra = usize::from(k > 1);
-    let (wp, ho, wo) = (w + 2 * p, h + 2 * p + 1 - k, w + 2 * p + 1 - k);
-    let padded = if p + extra > 0 { x.pad((p, p, p, p + extra), PadMode::Constant(0.0)) } else { x };
-    let flat = padded.reshape([b, c, (h + 2 * p + extra) * wp]);
-    let taps = weight.permute([2, 3, 0, 1]);
-    let mut out: Option<Tensor<B, 3>> = None;
-    for kh in 0..k {
-        for kw in 0..k {
-            let tap = taps.clone().slice([kh..kh + 1, kw..kw + 1]).reshape([1, co, c]);
-            let start = kh * wp + kw;
-            let y = tap.matmul(flat.clone().slice([Slice::full(), Slice::full(), Slice::from(start..start + ho * wp)]));
-            out = Some(match out {
-                Some(o) => o + y,
-                None => y,
-            });
-        }
-    }
-    let out = out.expect("a kernel has at least one tap");
-    // An explicit expand: burn-ndarray's implicit broadcasting is several times slower.
-    let out = match &conv.bias {
-        Some(bias) => out + bias.val().reshape([1, co, 1]).expand([b, co, ho * wp]),
-        None => out,
-    };
-    let out = out.reshape([b, co, ho, wp]);
-    if wo == wp {
-        out
-    } else {
-        out.slice([0..b, 0..co, 0..ho, 0..wo])
+        conv.forward(x)
     }
 }
 

@@ -11,4 +11,4 @@ pub use blocks::{AttentionBlock, ResnetBlock2D, Upsample2D};
 pub use config::VaeConfig;
 pub use decoder::{AutoencoderKl, Decoder, MidBlock, UpBlock, ENCODER_PREFIXES};
 pub use encoder::{DiagonalGaussian, DownBlock, Downsample2D, Encoder};
-pub use conv::{conv2d_im2col, conv2d_shifted, im2col_enabled, set_im2col};
+pub use conv::{conv2d_im2col, im2col_enabled, set_im2col};
