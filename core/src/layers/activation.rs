@@ -10,8 +10,8 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.mul(t.add_scalar(1.0)).mul_scalar(0.5)
 }
 
-/// SiLU as `x / (1 + e^(−x))`: three elementwise passes where burn's `x · sigmoid(x)` takes more
-/// (its sigmoid goes through log-space for stability, which the quotient does not need: for very
+/// SiLU as `x / (1 + e^(−x))`, with fewer elementwise passes than burn's `x · sigmoid(x)` (whose
+/// sigmoid goes through log-space for stability, which the quotient does not need: for very
 /// negative x, e^(−x) overflows to inf and the quotient to −0, SiLU's limit).
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone().div(x.neg().exp().add_scalar(1.0))
