@@ -528,10 +528,18 @@ fn sample_without_a_model_uses_the_default_model() {
         (std::fs::read(dir.join("u.png")).unwrap(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let (with, err) = unseen(&[]);
-    assert!(err.contains("\"a purple kitchen knife\": also guided by \""), "{err}");
+    assert!(err.contains("\"a purple kitchen knife\": also guided by \"") && err.contains("; starts from the image of \""), "{err}");
     let (without, err) = unseen(&["--neighbours", "0"]);
     assert!(!err.contains("also guided by") && with != without, "neighbour guidance changes an unseen prompt's image");
-    for (args, needle) in [(&["--neighbours", "9"][..], "between 1 and 8"), (&["--neighbour-share", "1"][..], "between 0 and 1")] {
+    // The retrieval start (the default model's generation.neighbour_init) off: guided, from noise.
+    let (from_noise, err) = unseen(&["--neighbour-init", "0"]);
+    assert!(err.contains("also guided by") && !err.contains("starts from") && from_noise != with && from_noise != without, "{err}");
+    for (args, needle) in [
+        (&["--neighbours", "9"][..], "between 1 and 8"),
+        (&["--neighbour-share", "1"][..], "between 0 and 1"),
+        (&["--neighbour-init", "1.5"][..], "--neighbour-init must be in (0, 1]"),
+        (&["--neighbour-init", "NaN"][..], "--neighbour-init"),
+    ] {
         let out = Command::new(BIN).args(["sample", "--prompt", "x", "--steps", "1", "-o"]).arg(dir.join("e.png")).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");

@@ -226,7 +226,7 @@ fn real_default_model_eval_proxy_clip() {
     // The default model guides unseen captions by their nearest training caption too (its caption
     // index, with the share its config gives); every neighbour is a training caption.
     let g = &r["generator"]["neighbours"];
-    assert_eq!((g["count"].as_u64(), g["share"].as_f64()), (Some(1), Some(0.75)), "{r}");
+    assert_eq!((g["count"].as_u64(), g["share"].as_f64(), g["init_strength"].as_f64()), (Some(1), Some(0.75), Some(0.7)), "{r}");
     for it in g["per_item"].as_array().unwrap() {
         let n = it["neighbours"][0][0].as_str().unwrap().to_string();
         assert!(train_captions.contains(&n) && n != it["caption"].as_str().unwrap(), "{it}");
@@ -323,8 +323,26 @@ fn real_caption_index() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(shipped.join(f), model.join(f)).unwrap();
     }
+    std::fs::create_dir_all(model.join("vae")).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(shipped.join("vae").join(f), model.join("vae").join(f)).unwrap();
+    }
     let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--model"]).arg(&model).arg("--data").arg(&subset_dir).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // With MODEL/vae, the index also holds the training image of every caption (for the
+    // retrieval start): the captions of one image share it, and each image is one of the subset's.
+    let file = rfgen_core::neighbours::IndexFile::from_safetensors("index", &std::fs::read(model.join("neighbours.safetensors")).unwrap()).unwrap();
+    let images = file.images.as_ref().expect("the index holds the images");
+    let train_items: Vec<_> = subset.items.iter().filter(|i| i.split == Split::Train).collect();
+    assert_eq!(images.shape[1..], [4, 32, 32]);
+    let mut of_item = std::collections::HashMap::new();
+    for (row, caption) in file.features.captions.iter().enumerate() {
+        let owner = train_items.iter().position(|i| i.captions.contains(caption)).unwrap();
+        let image = images.image_of(row).unwrap();
+        assert_eq!(*of_item.entry(owner).or_insert(image), image, "{caption:?}: the captions of one image share it");
+    }
+    let distinct: std::collections::HashSet<_> = of_item.values().collect();
+    assert_eq!((distinct.len(), of_item.len()), (images.shape[0], images.shape[0]), "each stored image is one training image's");
     let bytes = std::fs::read(model.join("neighbours.safetensors")).unwrap();
     let index = rfgen_core::eval::TextFeatures::from_safetensors("index", &bytes).unwrap();
     assert_eq!((index.len(), index.spec.layers), (train_captions.len(), 1));
@@ -353,7 +371,9 @@ fn real_caption_index() {
     std::fs::create_dir_all(&first_model).unwrap();
     std::fs::copy(shipped.join("config.json"), first_model.join("config.json")).unwrap();
     let o = Command::new(BIN).args(["index-captions", "--layers", "1", "--captions", "first", "--model"]).arg(&first_model).arg("--data").arg(&subset_dir).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.status.success() && stderr(&o).contains("no VAE") && stderr(&o).contains("no neighbour start"), "{}", stderr(&o));
+    let no_images = rfgen_core::neighbours::IndexFile::from_safetensors("index", &std::fs::read(first_model.join("neighbours.safetensors")).unwrap()).unwrap();
+    assert!(no_images.images.is_none());
     let first = rfgen_core::eval::TextFeatures::from_safetensors("index", &std::fs::read(first_model.join("neighbours.safetensors")).unwrap()).unwrap();
     let firsts: std::collections::HashSet<&String> = subset.items.iter().filter(|i| i.split == Split::Train).map(|i| &i.captions[0]).collect();
     assert!(first.len() == firsts.len() && first.captions.iter().all(|c| firsts.contains(c)) && firsts.len() < index.len());

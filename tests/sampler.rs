@@ -204,3 +204,64 @@ fn strength_picks_the_start_step_like_diffusers() {
         assert!(strength_start_step(bad, &c(30)).unwrap_err().to_string().contains("strength must be in (0, 1]"), "{bad}");
     }
 }
+
+/// The default model's retrieval start (its caption index holds the training images): an unseen
+/// prompt starts from its nearest neighbour's image noised to the strength's grid point, a
+/// training caption from noise, and a mixed batch draws each prompt as it draws it alone.
+#[test]
+fn retrieval_start_begins_at_the_neighbours_image_and_keeps_prompt_order() {
+    use rfgen_core::pipeline::{ModelFiles, Pipeline};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    let device = Default::default();
+    let files = ModelFiles::read_dir(&dir).expect("models/default loads (its GGUF comes from ./build.sh setup)");
+    let pipe = Pipeline::<Cpu>::new(files, None, &device).unwrap();
+    let g = pipe.neighbour_guidance(None, None, None).unwrap().expect("the default model has a caption index");
+    let strength = g.init.expect("the default model starts unseen prompts from their neighbour's image");
+    let index = &pipe.neighbours.as_ref().unwrap().index;
+    let images = index.images.as_ref().expect("the index holds the training images");
+
+    let prompts: Vec<String> = ["a purple kitchen knife", "red apple", "a tiny green castle"].map(String::from).to_vec();
+    let config = SampleConfig { steps: 5, cfg: 4.0, ..SampleConfig::default() };
+    let start = strength_start_step(strength, &config).unwrap();
+    let z0 = pipe.noise(3, prompts.len(), [32, 32]);
+    let (batch, near) = pipe.generate_prompts(&prompts, Some(g), z0.clone(), &config, |_| {}).unwrap();
+    let near = near.unwrap();
+    assert_eq!(near[1][0].0, "red apple", "a training caption is its own neighbour");
+    for b in 0..prompts.len() {
+        let z0_b = z0.clone().slice([b..b + 1]);
+        let mut first: Option<(usize, Vec<f32>)> = None;
+        let (alone, _) = pipe
+            .generate_prompts(&prompts[b..b + 1], Some(g), z0_b.clone(), &config, |e| {
+                if first.is_none() {
+                    // The latent before the first step: z − dt · v on the uniform grid.
+                    let before = e.z.clone() - e.v_cfg.clone().div_scalar(config.steps as f32);
+                    first = Some((e.step, before.into_data().to_vec::<f32>().unwrap()));
+                }
+            })
+            .unwrap();
+        let row: Vec<f32> = batch.z1.clone().slice([b..b + 1]).into_data().to_vec().unwrap();
+        let got: Vec<f32> = alone.z1.into_data().to_vec().unwrap();
+        let diff = row.iter().zip(&got).map(|(a, c)| (a - c).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{:?}: batched and alone differ by {diff}", prompts[b]);
+        let (step, z_start) = first.unwrap();
+        if b == 1 {
+            assert_eq!(step, 0, "a training caption starts from noise");
+            continue;
+        }
+        assert_eq!(step, start, "{:?} starts at the strength's grid point", prompts[b]);
+        let r = index.features.row_of(&near[b][0].0).unwrap();
+        let x = images.latents::<Cpu>(&[r], [32, 32], &device).unwrap();
+        let t = start as f32 / config.steps as f32;
+        let want: Vec<f32> = (x.mul_scalar(t) + z0_b.mul_scalar(1.0 - t)).into_data().to_vec().unwrap();
+        let diff = z_start.iter().zip(&want).map(|(a, c)| (a - c).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-3, "{:?}: the start is not its neighbour's image noised ({diff})", prompts[b]);
+    }
+    // Turned off, the unseen prompt starts from noise and draws something else.
+    let off = pipe.neighbour_guidance(None, None, Some(0.0)).unwrap().unwrap();
+    assert_eq!(off.init, None);
+    let (plain, _) = pipe.generate_prompts(&prompts[..1], Some(off), z0.clone().slice([0..1]), &config, |_| {}).unwrap();
+    let a: Vec<f32> = plain.z1.into_data().to_vec().unwrap();
+    let b: Vec<f32> = batch.z1.slice([0..1]).into_data().to_vec().unwrap();
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-2));
+    assert!(pipe.neighbour_guidance(None, None, Some(1.5)).unwrap_err().to_string().contains("strength"));
+}

@@ -79,6 +79,16 @@ cp "$RUNS/default/train_log.jsonl" models/default/train_log.jsonl
 if [ "$CONT_STEPS" -gt 0 ]; then cp "$RUNS/default-cont/train_log.jsonl" models/default/train_log.b512.jsonl; fi
 for i in $(seq 1 "$ROUND"); do cp "$RUNS/default-flags$i/train_log.jsonl" "models/default/train_log.flags$i.jsonl"; done
 cp "$RUNS/vae/train_log.jsonl" models/default/vae/train_log.jsonl
-# The caption index of neighbour guidance: the training captions under SmolLM2's first 8 layers.
+# Neighbour guidance (docs/eval/neighbour-metric/, docs/eval/neighbour-start/): one neighbour with
+# 0.75 of the guidance, and unseen prompts start from its image at img2img strength 0.7.
+python3 - models/default/config.json <<'PY'
+import json, sys
+path = sys.argv[1]
+config = json.load(open(path))
+config["generation"].update(neighbours=1, neighbour_share=0.75, neighbour_init=0.7)
+json.dump(config, open(path, "w"), indent=2)
+PY
+# The caption index: the training captions under SmolLM2's first 8 layers, and their images
+# encoded by the VAE.
 $CLI index-captions --model models/default --data "$RUNS/emoji" --layers 8 --backend "$BACKEND"
 $CLI eval vae --vae models/default/vae --data "$RUNS/emoji" --min-psnr 28

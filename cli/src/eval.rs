@@ -181,6 +181,10 @@ pub struct ProxyEvalArgs {
     /// The neighbours' share of the guidance [default: the model's, else 0.5].
     #[arg(long, conflicts_with_all = ["nearest_train", "real_only"])]
     neighbour_share: Option<f32>,
+    /// Retrieval start: each caption that is no training caption starts from its nearest
+    /// neighbour's training image at this img2img strength; 0 from noise [default: the model's, as `sample`].
+    #[arg(long, conflicts_with_all = ["nearest_train", "real_only"])]
+    neighbour_init: Option<f64>,
     /// Write the results as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -752,7 +756,7 @@ impl EvalProxy {
             bail!("the generator's latents have {} channels: give --vae DIR to decode them", pipe.model.latent_channels());
         }
         let prompts: Vec<String> = items.iter().map(|&i| data.items[i].captions[0].clone()).collect();
-        let guidance = pipe.neighbour_guidance(a.neighbours, a.neighbour_share)?;
+        let guidance = pipe.neighbour_guidance(a.neighbours, a.neighbour_share, a.neighbour_init)?;
         if let (Some(_), Some(n)) = (guidance, &pipe.neighbours) {
             check_index_is_train_only(data, &n.index)?;
         }
@@ -793,7 +797,7 @@ impl EvalProxy {
             "seed": a.seed, "image_size": side, "seconds": secs});
         if let Some(g) = guidance {
             let per_item: Vec<_> = prompts.iter().zip(&neighbours).map(|(p, n)| serde_json::json!({"caption": p, "neighbours": n})).collect();
-            generator["neighbours"] = serde_json::json!({"count": g.count, "share": g.share, "index_captions": pipe.neighbours.as_ref().map(|n| n.index.len()),
+            generator["neighbours"] = serde_json::json!({"count": g.count, "share": g.share, "init_strength": g.init, "index_captions": pipe.neighbours.as_ref().map(|n| n.index.len()),
                 "index_llm_layers": pipe.neighbours.as_ref().map(|n| n.index.features.spec.layers), "per_item": per_item});
         }
         Ok(Drawn { images, side, secs, generator, picks: None, draws, reranked: None })

@@ -54,6 +54,11 @@ pub struct SampleArgs {
     /// model's generation neighbour_share, else 0.5].
     #[arg(long)]
     neighbour_share: Option<f32>,
+    /// Retrieval start: a prompt that is no training caption starts from its nearest neighbour's
+    /// training image (stored in the caption index) noised to this img2img strength, in (0, 1];
+    /// 0 starts from noise [default: the model's generation neighbour_init, else 0].
+    #[arg(long, conflicts_with = "init_images")]
+    neighbour_init: Option<f64>,
     /// Image-to-image: start from this PNG (center-cropped and resized to the output size) instead
     /// of pure noise; one for every prompt, or repeat it once per prompt.
     #[arg(long = "init-image")]
@@ -117,7 +122,14 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.neighbours != Some(0) && (args.neighbours.is_some() || args.neighbour_share.is_some()) {
         let count = args.neighbours.unwrap_or(rfgen_core::neighbours::DEFAULT_COUNT);
         let share = args.neighbour_share.unwrap_or(rfgen_core::neighbours::DEFAULT_SHARE);
-        rfgen_core::neighbours::NeighbourGuidance { count, share }.validate()?;
+        rfgen_core::neighbours::NeighbourGuidance { count, share, init: None }.validate()?;
+    }
+    if let Some(s) = args.neighbour_init.filter(|s| *s != 0.0) {
+        if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+            bail!("--neighbour-init must be in (0, 1] (0 starts from noise), got {s}");
+        }
+        let config = GenerationConfig::default().sample_config(args.steps, args.cfg, args.shift);
+        rfgen_core::pipeline::strength_start_step(s, &config)?;
     }
     if let Some(s) = args.strength {
         let config = GenerationConfig::default().sample_config(args.steps, args.cfg, args.shift);
@@ -220,9 +232,11 @@ impl SampleTask {
         };
         let prompts = if self.token_ids.is_empty() { pipe.tokenize(&a.prompts)? } else { self.token_ids.clone() };
         let n = prompts.len();
-        let guidance = pipe.neighbour_guidance(a.neighbours, a.neighbour_share)?;
-        if guidance.is_some() && !self.token_ids.is_empty() && a.neighbours.is_some() {
-            bail!("--neighbours needs text prompts (--prompt), not --token-ids");
+        // An init image replaces the retrieval start.
+        let neighbour_init = if a.init_images.is_empty() { a.neighbour_init } else { Some(0.0) };
+        let guidance = pipe.neighbour_guidance(a.neighbours, a.neighbour_share, neighbour_init)?;
+        if guidance.is_some() && !self.token_ids.is_empty() && (a.neighbours.is_some() || a.neighbour_init.is_some()) {
+            bail!("--neighbours and --neighbour-init need text prompts (--prompt), not --token-ids");
         }
 
         let z0 = match &a.noise {
@@ -277,7 +291,11 @@ impl SampleTask {
             for (p, n) in a.prompts.iter().zip(near.iter().flatten()) {
                 if n.iter().any(|(c, _)| c != p) {
                     let list: Vec<String> = n.iter().map(|(c, s)| format!("{c:?} ({s:.3})")).collect();
-                    eprintln!("{p:?}: also guided by {}", list.join(", "));
+                    let start = match guidance.and_then(|g| g.init) {
+                        Some(s) => format!("; starts from the image of {:?} at strength {s}", n[0].0),
+                        None => String::new(),
+                    };
+                    eprintln!("{p:?}: also guided by {}{start}", list.join(", "));
                 }
             }
             out

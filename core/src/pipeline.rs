@@ -280,17 +280,26 @@ impl<B: Backend> Pipeline<B> {
         self.generate_composed(&[prompts.to_vec()], &[1.0], z0, config, on_step)
     }
 
-    /// The neighbour guidance to sample with: `count` and `share` when given, else the generation
-    /// config's, else [`DEFAULT_COUNT`] and [`DEFAULT_SHARE`]; `None` when the count is 0, or when
-    /// none was asked for and the model has no caption index.
-    pub fn neighbour_guidance(&self, count: Option<usize>, share: Option<f32>) -> Result<Option<NeighbourGuidance>> {
+    /// The neighbour guidance to sample with: `count`, `share` and the start's strength `init`
+    /// when given, else the generation config's, else [`DEFAULT_COUNT`], [`DEFAULT_SHARE`] and no
+    /// retrieval start (an `init` of 0 turns it off); `None` when the count is 0, or when none was
+    /// asked for and the model has no caption index. A retrieval start needs the index's images.
+    pub fn neighbour_guidance(&self, count: Option<usize>, share: Option<f32>, init: Option<f64>) -> Result<Option<NeighbourGuidance>> {
         let asked = count.is_some();
         let count = count.or(self.generation.neighbours).unwrap_or(DEFAULT_COUNT);
         let share = share.or(self.generation.neighbour_share).unwrap_or(DEFAULT_SHARE);
+        let has_images = self.neighbours.as_ref().is_some_and(|n| n.index.images.is_some());
+        if init.is_some_and(|s| s != 0.0) && self.neighbours.is_some() && !has_images {
+            return Err(Error::input(format!(
+                "a neighbour start needs the training images in the caption index ({NEIGHBOURS_FILE}); rebuild it with `rfgen-cli index-captions`, or pass --neighbour-init 0"
+            )));
+        }
+        // The config's start applies where the index holds the images.
+        let init = init.or(self.generation.neighbour_init.filter(|_| has_images)).filter(|s| *s != 0.0);
         if count == 0 {
             return Ok(None);
         }
-        let g = NeighbourGuidance { count, share };
+        let g = NeighbourGuidance { count, share, init };
         g.validate()?;
         match &self.neighbours {
             Some(_) => Ok(Some(g)),
@@ -328,7 +337,9 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// [`Pipeline::generate_prompts`], image-to-image when `init` is given: the loop starts from
-    /// the init latents, noised by `z0` to the strength's grid point ([`ImageInit`]).
+    /// the init latents, noised by `z0` to the strength's grid point ([`ImageInit`]). Without it,
+    /// a guidance with a retrieval start (`g.init`) starts each unseen prompt from its nearest
+    /// neighbour's training image; prompts that are indexed captions start from noise as before.
     pub fn generate_prompts_from(
         &self,
         prompts: &[String],
@@ -338,6 +349,7 @@ impl<B: Backend> Pipeline<B> {
         config: &SampleConfig,
         on_step: impl FnMut(&StepEvent<B>),
     ) -> Result<(Generated<B>, Option<Vec<Vec<(String, f32)>>>)> {
+        let retrieval = init.is_none() && guidance.is_some_and(|g| g.init.is_some());
         let (z0, start) = match init {
             Some(init) => init.noised(z0, config)?,
             None => (z0, 0),
@@ -360,7 +372,42 @@ impl<B: Backend> Pipeline<B> {
             let captions: Vec<String> = near.iter().map(|n| n[j].0.clone()).collect();
             groups.push(self.tokenize(&captions)?);
         }
-        Ok((self.generate_composed_from(&groups, &g.shares(), z0, start, config, on_step)?, Some(near)))
+        if !retrieval {
+            return Ok((self.generate_composed_from(&groups, &g.shares(), z0, start, config, on_step)?, Some(near)));
+        }
+        // At least one step runs, however few the steps.
+        let strength = g.init.expect("retrieval start").max(1.0 / config.steps.max(1) as f64);
+        let images = index.index.images.as_ref().ok_or_else(|| Error::input(format!("a neighbour start needs the training images in {NEIGHBOURS_FILE}")))?;
+        // The unseen prompts start from their neighbour's image at one grid point, the others from
+        // noise: two runs of the loop, put back in prompt order.
+        let own = |b: usize| near[b].iter().all(|(c, _)| c == &prompts[b]);
+        let (seen, unseen): (Vec<usize>, Vec<usize>) = (0..prompts.len()).partition(|&b| own(b));
+        let subset = |rows: &[usize]| -> Vec<Vec<Vec<u32>>> { groups.iter().map(|g| rows.iter().map(|&b| g[b].clone()).collect()).collect() };
+        let pick = |rows: &[usize]| z0.clone().select(0, Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]), &self.device));
+        let [_, _, h, w] = z0.dims();
+        let index_rows: Vec<usize> = unseen
+            .iter()
+            .map(|&b| index.index.features.row_of(&near[b][0].0).ok_or_else(|| Error::input(format!("{:?} is no indexed caption", near[b][0].0))))
+            .collect::<Result<_>>()?;
+        let latents = images.latents::<B>(&index_rows, [h, w], &self.device)?;
+        let (z_unseen, start) = ImageInit { latents, strength }.noised(pick(&unseen), config)?;
+        let mut on_step = on_step;
+        let drawn = self.generate_composed_from(&subset(&unseen), &g.shares(), z_unseen, start, config, &mut on_step)?;
+        if seen.is_empty() {
+            return Ok((drawn, Some(near)));
+        }
+        let plain = self.generate_composed_from(&subset(&seen), &g.shares(), pick(&seen), 0, config, &mut on_step)?;
+        let mut order = vec![0i64; prompts.len()];
+        for (k, &b) in unseen.iter().chain(&seen).enumerate() {
+            order[b] = k as i64;
+        }
+        let order = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(order, [prompts.len()]), &self.device);
+        let merge = |a: Tensor<B, 4>, b: Tensor<B, 4>| Tensor::cat(vec![a, b], 0).select(0, order.clone());
+        let images = match (drawn.images, plain.images) {
+            (Some(a), Some(b)) => Some(merge(a, b)),
+            _ => None,
+        };
+        Ok((Generated { z1: merge(drawn.z1, plain.z1), images }, Some(near)))
     }
 
     /// [`Pipeline::generate`] with composed guidance: image b is guided by `groups[g][b]` for

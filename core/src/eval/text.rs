@@ -203,6 +203,12 @@ impl TextFeatures {
     /// largest deviation / 127), plus `extra` f32 tensors. Mean-pooled LLM features share a large
     /// mean, so coding the deviations keeps what tells captions apart.
     pub fn to_safetensors_q8_with(&self, extra: &[(&str, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+        self.to_safetensors_q8_with_raw(extra, Vec::new())
+    }
+
+    /// [`TextFeatures::to_safetensors_q8_with`], plus tensors already coded (`raw`: name, dtype,
+    /// shape, little-endian bytes).
+    pub fn to_safetensors_q8_with_raw(&self, extra: &[(&str, Vec<usize>, &[f32])], raw: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) -> Result<Vec<u8>> {
         let (n, d) = (self.len(), self.spec.dim);
         if let Some(v) = self.values.iter().find(|v| !v.is_finite()) {
             return Err(Error::input(format!("a text feature ({v}) is not finite")));
@@ -218,11 +224,12 @@ impl TextFeatures {
             codes.extend(row.iter().zip(&center).map(|(v, c)| if scale > 0.0 { ((v - c) / scale).round().clamp(-127.0, 127.0) as i8 as u8 } else { 0 }));
             scales.push(scale);
         }
-        let tensors = vec![
+        let mut tensors = vec![
             (FEATURES_Q8, Dtype::I8, vec![n, d], codes),
             (FEATURES_SCALE, Dtype::F32, vec![n], encode_f32(&scales, StoredDtype::F32)),
             (FEATURES_CENTER, Dtype::F32, vec![d], encode_f32(&center, StoredDtype::F32)),
         ];
+        tensors.extend(raw);
         self.serialize(tensors, extra)
     }
 

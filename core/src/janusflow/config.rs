@@ -186,6 +186,7 @@ impl GenerationConfig {
             prompt_template: self.prompt_template.or(b.prompt_template),
             neighbours: self.neighbours.or(b.neighbours),
             neighbour_share: self.neighbour_share.or(b.neighbour_share),
+            neighbour_init: self.neighbour_init.or(b.neighbour_init),
         }
     }
 }
@@ -224,6 +225,11 @@ pub struct GenerationConfig {
     /// Their share of the guidance (the prompt keeps the rest). Default 0.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neighbour_share: Option<f32>,
+    /// Img2img strength of the retrieval start: an unseen prompt starts from its nearest
+    /// neighbour's training image (stored in the caption index) noised to this strength, in
+    /// (0, 1]; absent or 0: from noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbour_init: Option<f64>,
 }
 
 impl GenerationConfig {

@@ -6,6 +6,7 @@
 //! image–text scorer is involved: only the frozen LLM's features, post-processed as the index
 //! file says ([`TopDirections`]).
 
+mod images;
 mod top_directions;
 
 use burn::tensor::backend::Backend;
@@ -13,6 +14,7 @@ use burn::tensor::backend::Backend;
 use crate::error::{Error, Result};
 use crate::eval::{ProxyTextEncoder, TextFeatures};
 
+pub use images::NeighbourImages;
 pub use top_directions::TopDirections;
 
 /// The index's file in a model directory (`rfgen-cli index-captions` writes it).
@@ -24,11 +26,13 @@ pub const DEFAULT_SHARE: f32 = 0.5;
 /// Most neighbours per prompt (each one is another row of every Euler step).
 pub const MAX_COUNT: usize = 8;
 
-/// How many neighbours guide each prompt, and their share of the guidance.
+/// How many neighbours guide each prompt, their share of the guidance, and the img2img strength
+/// of the retrieval start from the nearest neighbour's image ([`NeighbourImages`]; `None`: from noise).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NeighbourGuidance {
     pub count: usize,
     pub share: f32,
+    pub init: Option<f64>,
 }
 
 impl NeighbourGuidance {
@@ -38,6 +42,9 @@ impl NeighbourGuidance {
         }
         if !self.share.is_finite() || self.share <= 0.0 || self.share >= 1.0 {
             return Err(Error::input(format!("the neighbours' guidance share must be between 0 and 1 (exclusive), got {}", self.share)));
+        }
+        if let Some(s) = self.init.filter(|s| !(s.is_finite() && *s > 0.0 && *s <= 1.0)) {
+            return Err(Error::input(format!("the neighbour start's strength must be in (0, 1], got {s}")));
         }
         Ok(())
     }
@@ -99,6 +106,7 @@ impl<B: Backend> PromptNeighbours<B> {
 pub struct IndexFile {
     pub features: TextFeatures,
     pub top: Option<TopDirections>,
+    pub images: Option<NeighbourImages>,
 }
 
 impl IndexFile {
@@ -109,18 +117,33 @@ impl IndexFile {
             0 => None,
             k => Some(TopDirections::fit(&features.values, features.spec.dim, k)?),
         };
-        Ok(Self { features, top })
+        Ok(Self { features, top, images: None })
+    }
+
+    /// With the images of the indexed captions, for the retrieval start.
+    pub fn with_images(mut self, images: NeighbourImages) -> Result<Self> {
+        if images.rows() != self.features.len() {
+            return Err(Error::input(format!("{} caption images for {} indexed captions", images.rows(), self.features.len())));
+        }
+        self.images = Some(images);
+        Ok(self)
     }
 
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        let extra = self.top.as_ref().map(|t| t.tensors().to_vec()).unwrap_or_default();
-        self.features.to_safetensors_q8_with(&extra)
+        let mut extra = self.top.as_ref().map(|t| t.tensors().to_vec()).unwrap_or_default();
+        let mut raw = Vec::new();
+        if let Some((floats, codes)) = self.images.as_ref().map(|i| i.tensors()) {
+            extra.extend(floats);
+            raw.push(codes);
+        }
+        self.features.to_safetensors_q8_with_raw(&extra, raw)
     }
 
     pub fn from_safetensors(source: &str, bytes: &[u8]) -> Result<Self> {
         let (features, w) = TextFeatures::read_safetensors(source, bytes)?;
         let top = TopDirections::from_weights(source, &w, features.spec.dim)?;
-        Ok(Self { features, top })
+        let images = NeighbourImages::from_weights(source, &w, features.len())?;
+        Ok(Self { features, top, images })
     }
 }
 
@@ -129,6 +152,7 @@ impl IndexFile {
 pub struct CaptionIndex {
     pub features: TextFeatures,
     pub top: Option<TopDirections>,
+    pub images: Option<NeighbourImages>,
     unit: Vec<f32>,
 }
 
@@ -150,7 +174,7 @@ fn post_process(top: &Option<TopDirections>, x: &[f32]) -> Vec<f32> {
 
 impl CaptionIndex {
     pub fn new(file: IndexFile) -> Result<Self> {
-        let IndexFile { features, top } = file;
+        let IndexFile { features, top, images } = file;
         if features.is_empty() {
             return Err(Error::input("the caption index is empty"));
         }
@@ -160,7 +184,7 @@ impl CaptionIndex {
             let what = format!("indexed caption {:?}", features.captions[i]);
             values.extend(unit(&post_process(&top, row), &what)?);
         }
-        Ok(Self { features, top, unit: values })
+        Ok(Self { features, top, images, unit: values })
     }
 
     pub fn len(&self) -> usize {
@@ -205,7 +229,7 @@ mod tests {
         let spec = TextFeatureSpec { gguf_file: "x.gguf".into(), gguf_sha256: "0".into(), layers: 1, dim: 3, pool: "final-norm-mean".into() };
         let captions = rows.iter().map(|r| r.0.to_string()).collect();
         let values = rows.iter().flat_map(|r| r.1).collect();
-        CaptionIndex::new(IndexFile { features: TextFeatures::new(spec, captions, values).unwrap(), top: None }).unwrap()
+        CaptionIndex::new(IndexFile { features: TextFeatures::new(spec, captions, values).unwrap(), top: None, images: None }).unwrap()
     }
 
     #[test]
@@ -227,6 +251,34 @@ mod tests {
     }
 
     #[test]
+    fn caption_images_round_trip_in_8_bits_and_bad_ones_are_errors() {
+        let spec = TextFeatureSpec { gguf_file: "x".into(), gguf_sha256: "0".into(), layers: 1, dim: 2, pool: "p".into() };
+        let captions = vec!["apple".into(), "red apple".into(), "pear".into()];
+        let features = TextFeatures::new(spec, captions, vec![1.0, 0.0, 0.9, 0.1, 0.0, 1.0]).unwrap();
+        // Two images of 2 channels of 2x2; the apple's two captions share image 0.
+        let latents: Vec<f32> = (0..16).map(|i| (i as f32 - 7.0) * 0.37).collect();
+        let images = NeighbourImages::new([2, 2, 2, 2], &latents, vec![0, 0, 1]).unwrap();
+        let file = IndexFile::build(features.clone(), 0).unwrap().with_images(images.clone()).unwrap();
+        let loaded = IndexFile::from_safetensors("neighbours.safetensors", &file.to_safetensors().unwrap()).unwrap();
+        assert_eq!(loaded.images.as_ref(), Some(&images));
+        assert_eq!((images.image_of(1), images.image_of(2), images.image_of(3)), (Some(0), Some(1), None));
+        // Without images the file reads as before.
+        let plain = IndexFile::build(features.clone(), 0).unwrap();
+        assert!(IndexFile::from_safetensors("n", &plain.to_safetensors().unwrap()).unwrap().images.is_none());
+        assert!(NeighbourImages::new([2, 2, 2, 2], &latents, vec![0, 2, 1]).unwrap_err().to_string().contains("image 2"));
+        assert!(NeighbourImages::new([2, 2, 2, 2], &latents[..15], vec![0]).is_err());
+        let mut nan = latents.clone();
+        nan[3] = f32::NAN;
+        assert!(NeighbourImages::new([2, 2, 2, 2], &nan, vec![0]).is_err());
+        let short = NeighbourImages::new([2, 2, 2, 2], &latents, vec![0, 1]).unwrap();
+        assert!(IndexFile::build(features, 0).unwrap().with_images(short).unwrap_err().to_string().contains("2 caption images for 3"));
+        for s in [0.0, -0.1, 1.5, f64::NAN] {
+            assert!(NeighbourGuidance { count: 1, share: 0.5, init: Some(s) }.validate().is_err(), "{s}");
+        }
+        NeighbourGuidance { count: 1, share: 0.5, init: Some(1.0) }.validate().unwrap();
+    }
+
+    #[test]
     fn nearest_by_cosine_not_length() {
         let ix = index(&[("apple", [10.0, 0.0, 0.0]), ("pear", [1.0, 1.0, 0.0]), ("knife", [0.0, 0.0, 1.0])]);
         let got = ix.nearest(&[1.0, 0.9, 0.0], 2, None).unwrap();
@@ -239,11 +291,11 @@ mod tests {
 
     #[test]
     fn guidance_shares_keep_the_weight_and_refuse_absurd_settings() {
-        let g = NeighbourGuidance { count: 2, share: 0.5 };
+        let g = NeighbourGuidance { count: 2, share: 0.5, init: None };
         g.validate().unwrap();
         assert_eq!(g.shares(), [0.5, 0.25, 0.25]);
         for (count, share) in [(0, 0.5), (MAX_COUNT + 1, 0.5), (1, 0.0), (1, 1.0), (1, f32::NAN), (1, -0.2)] {
-            assert!(NeighbourGuidance { count, share }.validate().is_err(), "{count} {share}");
+            assert!(NeighbourGuidance { count, share, init: None }.validate().is_err(), "{count} {share}");
         }
     }
 
@@ -255,8 +307,8 @@ mod tests {
         assert!(ix.nearest(&[f32::NAN, 0.0, 0.0], 1, None).is_err());
         let spec = TextFeatureSpec { gguf_file: "x".into(), gguf_sha256: "0".into(), layers: 1, dim: 2, pool: "p".into() };
         let zero = TextFeatures::new(spec.clone(), vec!["blank".into()], vec![0.0, 0.0]).unwrap();
-        assert!(CaptionIndex::new(IndexFile { features: zero, top: None }).err().unwrap().to_string().contains("blank"));
-        assert!(CaptionIndex::new(IndexFile { features: TextFeatures::empty(spec.clone()), top: None }).is_err());
+        assert!(CaptionIndex::new(IndexFile { features: zero, top: None, images: None }).err().unwrap().to_string().contains("blank"));
+        assert!(CaptionIndex::new(IndexFile { features: TextFeatures::empty(spec.clone()), top: None, images: None }).is_err());
         assert!(IndexFile::build(TextFeatures::new(spec, vec!["a".into()], vec![1.0, 0.0]).unwrap(), 1).is_err());
     }
 }
