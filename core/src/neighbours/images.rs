@@ -3,8 +3,8 @@
 //! (SDEdit) instead of from pure noise, so the layout and colours the neighbour caption stands for
 //! are there from the first step, and the prompt and its neighbours guide the rest (the
 //! image-conditioned half of retrieval-augmented generation: Re-Imagen, kNN-Diffusion, RDM).
-//! Stored as 8-bit codes with one scale per image and channel: the coding error is far below the
-//! noise the start adds.
+//! Stored as int8 codes with one scale per image and channel ([`crate::quant`], each latent plane a
+//! row): the coding error is far below the noise the start adds.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
@@ -14,6 +14,7 @@ use safetensors::Dtype;
 
 use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
+use crate::quant::{quantize, QuantScheme, Quantized};
 
 const CODES: &str = "image_latents_q8";
 const SCALES: &str = "image_latents_scale";
@@ -24,9 +25,8 @@ const CAPTION_IMAGE: &str = "caption_image";
 pub struct NeighbourImages {
     /// `[images, c, h, w]`.
     pub shape: [usize; 4],
-    codes: Vec<i8>,
-    /// One per image and channel, `[images, c]`.
-    scales: Vec<f32>,
+    /// `[images · c, h · w]`, one scale per image and channel.
+    planes: Quantized,
     /// The image of each indexed caption (its row in the index), as f32 (exact below 2^24).
     caption_image: Vec<f32>,
 }
@@ -34,34 +34,25 @@ pub struct NeighbourImages {
 impl NeighbourImages {
     /// Codes `latents` `[images, c, h, w]`; `caption_image[row]` is the image of index row `row`.
     pub fn new(shape: [usize; 4], latents: &[f32], caption_image: Vec<usize>) -> Result<Self> {
-        let plane = shape[2] * shape[3];
         if shape.iter().any(|&d| d == 0) || latents.len() != shape.iter().product::<usize>() {
             return Err(Error::input(format!("{} latent values for shape {shape:?}", latents.len())));
         }
         if let Some(v) = latents.iter().find(|v| !v.is_finite()) {
             return Err(Error::input(format!("a neighbour image's latent is not finite ({v})")));
         }
-        let (mut codes, mut scales) = (Vec::with_capacity(latents.len()), Vec::with_capacity(latents.len() / plane));
-        for values in latents.chunks(plane) {
-            let scale = values.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
-            codes.extend(values.iter().map(|v| if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) as i8 } else { 0 }));
-            scales.push(scale);
-        }
-        Self::checked(shape, codes, scales, caption_image.into_iter().map(|i| i as f32).collect(), "neighbour images")
+        let planes = quantize("neighbour images", latents, shape[0] * shape[1], shape[2] * shape[3], QuantScheme::Int8)?;
+        Self::checked(shape, planes, caption_image.into_iter().map(|i| i as f32).collect(), "neighbour images")
     }
 
-    fn checked(shape: [usize; 4], codes: Vec<i8>, scales: Vec<f32>, caption_image: Vec<f32>, source: &str) -> Result<Self> {
+    fn checked(shape: [usize; 4], planes: Quantized, caption_image: Vec<f32>, source: &str) -> Result<Self> {
         let bad = |m: String| Error::checkpoint(source, m);
-        if shape.iter().any(|&d| d == 0) || codes.len() != shape.iter().product::<usize>() {
-            return Err(bad(format!("{CODES}: {} values for shape {shape:?}", codes.len())));
-        }
-        if scales.len() != shape[0] * shape[1] || scales.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
-            return Err(bad(format!("{SCALES} needs {} finite, non-negative values", shape[0] * shape[1])));
+        if planes.scales.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
+            return Err(bad(format!("{SCALES} holds a negative or non-finite scale")));
         }
         if let Some(i) = caption_image.iter().find(|&&i| !(i >= 0.0 && i.fract() == 0.0 && (i as usize) < shape[0])) {
             return Err(bad(format!("{CAPTION_IMAGE} names image {i}, and there are {} images", shape[0])));
         }
-        Ok(Self { shape, codes, scales, caption_image })
+        Ok(Self { shape, planes, caption_image })
     }
 
     /// How many indexed captions it maps to images.
@@ -80,8 +71,8 @@ impl NeighbourImages {
     pub fn tensors(&self) -> ([(&'static str, Vec<usize>, &[f32]); 2], (&'static str, Dtype, Vec<usize>, Vec<u8>)) {
         let [n, c, _, _] = self.shape;
         (
-            [(SCALES, vec![n, c], &self.scales), (CAPTION_IMAGE, vec![self.caption_image.len()], &self.caption_image)],
-            (CODES, Dtype::I8, self.shape.to_vec(), self.codes.iter().map(|&v| v as u8).collect()),
+            [(SCALES, vec![n, c], &self.planes.scales), (CAPTION_IMAGE, vec![self.caption_image.len()], &self.caption_image)],
+            (CODES, Dtype::I8, self.shape.to_vec(), self.planes.codes.clone()),
         )
     }
 
@@ -105,8 +96,14 @@ impl NeighbourImages {
         if w.shape(CAPTION_IMAGE) != Some(&[rows][..]) {
             return Err(bad(format!("{CAPTION_IMAGE} has shape {:?}, and the index has {rows} captions", w.shape(CAPTION_IMAGE))));
         }
-        let codes = w.raw(CODES).expect("present").iter().map(|&b| b as i8).collect();
-        Self::checked(shape, codes, float(SCALES)?, float(CAPTION_IMAGE)?, source).map(Some)
+        let (planes, plane) = (shape[0] * shape[1], shape[2] * shape[3]);
+        if shape.contains(&0) || w.shape(SCALES) != Some(&[shape[0], shape[1]][..]) {
+            return Err(bad(format!("{SCALES} has shape {:?}, the codes {shape:?}", w.shape(SCALES))));
+        }
+        let codes = w.raw(CODES).expect("present").to_vec();
+        let planes = Quantized::from_stored(codes, &[planes, plane], true, float(SCALES)?, &[planes, 1])
+            .ok_or_else(|| bad(format!("{CODES} {shape:?} and {SCALES} do not fit together")))?;
+        Self::checked(shape, planes, float(CAPTION_IMAGE)?, source).map(Some)
     }
 
     /// The latents of the images of index rows `rows`, `[rows, c, hw]` (resized bilinearly when
@@ -118,8 +115,8 @@ impl NeighbourImages {
         for &r in rows {
             let i = self.image_of(r).ok_or_else(|| Error::input(format!("index row {r} has no image")))?;
             for ch in i * c..(i + 1) * c {
-                let scale = self.scales[ch];
-                values.extend(self.codes[ch * plane..(ch + 1) * plane].iter().map(|&q| q as f32 * scale));
+                let scale = self.planes.scales[ch];
+                values.extend(self.planes.codes[ch * plane..(ch + 1) * plane].iter().map(|&q| q as i8 as f32 * scale));
             }
         }
         let x = Tensor::from_data(TensorData::new(values, [rows.len(), c, h, w]), device);
